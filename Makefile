@@ -1,0 +1,37 @@
+# Everyday commands. `make demo` and `make test` each set up the virtual environment first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the main job: a federated simulation of 4 synthetic clinics
+	$(BIN)/hxr simulate
+
+test: $(STAMP)  ## lint, then the whole test suite (no GPU, no download needed)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)  ## speed and memory against MobileNetV2 (issue 6 targets)
+	$(BIN)/hxr bench --models hxr150,mobilenet_v2 --resolution 224 --batch-size 32
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,299 @@
+"""`hxr train`, `hxr evaluate`, `hxr predict`: centralized work on one machine's data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hxr_model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from hxr_model.data import DataSplits, RadiographDataset, load_splits
+from hxr_model.data.decoding import decode_image_bytes
+from hxr_model.data.problems import describe_problems
+from hxr_model.data.resizing import to_square
+from hxr_model.distill import DistillConfig, distill_classifier
+from hxr_model.errors import DataError, HXRError
+from hxr_model.gradcam import gradcam, save_overlay_png
+from hxr_model.metrics import predict as predict_classes
+from hxr_model.models import build_model, model_names
+from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
+from hxr_model.training import TrainConfig, TrainResult, evaluate_classifier, train_classifier
+
+DEFAULT_DATA = "synthetic:1200"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="pre-warm (optional) and fine-tune a model on one dataset"
+    )
+    add_data_arguments(train, default=DEFAULT_DATA)
+    train.add_argument("--model", default="hxr150", choices=model_names())
+    train.add_argument("--image-size", type=int, default=64, help="images are resized to S x S")
+    train.add_argument("--prewarm-epochs", type=int, default=0, help="SimCLR epochs first")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=2e-3, help="fine-tuning learning rate")
+    train.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    train.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle", "constant"])
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument(
+        "--imbalance",
+        default="class-weights",
+        choices=["class-weights", "balanced-sampler", "none"],
+    )
+    train.add_argument(
+        "--monitor",
+        default="balanced_accuracy",
+        choices=["balanced_accuracy", "accuracy", "auc", "loss"],
+        help="validation metric that picks the kept epoch and drives early stopping",
+    )
+    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    train.add_argument("--prewarm-batch-size", type=int, default=256)
+    train.add_argument("--prewarm-lr", type=float, default=2e-3)
+    train.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    train.add_argument(
+        "--distill-from",
+        default=None,
+        choices=model_names(),
+        metavar="TEACHER",
+        help="train TEACHER first, then distil it into --model (teacher-led baseline)",
+    )
+    train.add_argument("--max-memory-mb", type=float, default=None)
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--out", type=Path, required=True, help="folder for model.pt, metrics.json")
+    train.set_defaults(handler=run_train)
+
+    evaluate = subparsers.add_parser("evaluate", help="metrics of a checkpoint on a data split")
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    add_data_arguments(evaluate, default=None)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    predict = subparsers.add_parser("predict", help="classify image files with a checkpoint")
+    predict.add_argument("--checkpoint", type=Path, required=True)
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--gradcam", type=Path, default=None, metavar="OUTDIR")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.set_defaults(handler=run_predict)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--data",
+        default=default,
+        required=default is None,
+        help="data reference: medmnist:PATH.npz, csv:FILE, folder:DIR, synthetic[:N[:SITES]]",
+    )
+    parser.add_argument("--skip-bad", action="store_true", help="skip broken files, counting them")
+
+
+def load_data(ref: str, image_size: int, skip_bad: bool, seed: int = 0) -> DataSplits:
+    splits = load_splits(ref, image_size, skip_bad=skip_bad, seed=seed)
+    if splits.warnings:
+        print(
+            f"note: {len(splits.warnings)} image(s) kept with warnings (see hxr data check):\n"
+            f"{describe_problems(splits.warnings[:5])}",
+            file=sys.stderr,
+        )
+    if splits.skipped:
+        print(
+            f"skipped {len(splits.skipped)} bad file(s):\n{describe_problems(splits.skipped)}",
+            file=sys.stderr,
+        )
+    return splits
+
+
+def run_train(args: argparse.Namespace) -> int:
+    image_size = args.image_size
+    splits = load_data(args.data, image_size, args.skip_bad, args.seed)
+    class_names = splits.class_names
+    progress = not args.no_progress
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        imbalance=args.imbalance,
+        monitor=args.monitor,
+        early_stopping_patience=args.early_stopping,
+        seed=args.seed,
+        device=args.device,
+        max_memory_mb=args.max_memory_mb,
+        progress=progress,
+    )
+    model = build_model(args.model, len(class_names))
+    report: dict[str, Any] = {
+        "model": args.model,
+        "data": args.data,
+        "image_size": image_size,
+        "class_names": class_names,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "skipped_files": len(splits.skipped),
+        "data_warnings": len(splits.warnings),
+    }
+    if args.prewarm_epochs > 0:
+        prewarm = prewarm_encoder(
+            model,
+            splits.train,
+            PrewarmConfig(
+                epochs=args.prewarm_epochs,
+                batch_size=args.prewarm_batch_size,
+                learning_rate=args.prewarm_lr,
+                temperature=args.temperature,
+                seed=args.seed,
+                device=args.device,
+                max_memory_mb=args.max_memory_mb,
+                progress=progress,
+            ),
+        )
+        report["prewarm"] = {
+            "epochs": args.prewarm_epochs,
+            "nt_xent": prewarm.losses,
+            "peak_memory_mb": prewarm.peak_memory_mb,
+            "seconds": prewarm.seconds,
+            "images_per_s": prewarm.images_per_s,
+        }
+    if args.distill_from is not None:
+        teacher = build_model(args.distill_from, len(class_names))
+        teacher_result = train_classifier(teacher, splits.train, splits.val, train_config)
+        report["teacher"] = {"model": args.distill_from, **summarise(teacher_result)}
+        result = distill_classifier(
+            model,
+            teacher,
+            splits.train,
+            splits.val,
+            train_config,
+            DistillConfig(teacher=args.distill_from),
+        )
+    else:
+        result = train_classifier(model, splits.train, splits.val, train_config)
+    report["training"] = summarise(result)
+    report["validation"] = result.val_metrics
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        args.out / "model.pt",
+        model,
+        model_name=args.model,
+        class_names=class_names,
+        image_size=image_size,
+        threshold=result.threshold,
+        metadata={key: report[key] for key in ("data", "train_images", "skipped_files")},
+    )
+    (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(describe_validation(result.val_metrics))
+    print(f"wrote {args.out / 'model.pt'} and {args.out / 'metrics.json'}")
+    return 0
+
+
+def summarise(result: TrainResult) -> dict[str, Any]:
+    return {
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "batch_size": result.batch_size,
+        "peak_memory_mb": result.peak_memory_mb,
+        "seconds": result.seconds,
+        "images_per_s": result.images_per_s,
+        "threshold": result.threshold,
+    }
+
+
+def describe_validation(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "no validation split: nothing to report"
+    auc = metrics.get("auc")
+    return (
+        f"validation: accuracy {metrics['accuracy']:.4f}  balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f}  AUC {'n/a' if auc is None else f'{auc:.4f}'}"
+        f"  (n={metrics['n']})"
+    )
+
+
+def pick_split(splits: DataSplits, name: str, ref: str) -> RadiographDataset:
+    dataset = getattr(splits, name)
+    if dataset is None or len(dataset) == 0:
+        available = [s for s in ("train", "val", "test") if getattr(splits, s)]
+        raise DataError(f"{ref} has no {name!r} split (available: {', '.join(available)})")
+    return dataset
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    splits = load_data(args.data, checkpoint.image_size, args.skip_bad)
+    if splits.class_names != checkpoint.class_names:
+        raise DataError(
+            f"{args.data} has classes {splits.class_names} but {args.checkpoint} was trained on "
+            f"{checkpoint.class_names}"
+        )
+    dataset = pick_split(splits, args.split, args.data)
+    metrics = evaluate_classifier(
+        checkpoint.model, dataset, device=args.device, threshold=checkpoint.threshold
+    )
+    metrics["skipped_files"] = len(splits.skipped)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(describe_validation(metrics).replace("validation", args.split, 1))
+        print(f"confusion matrix (rows true, columns predicted; {checkpoint.class_names}):")
+        for row in metrics["confusion_matrix"]:
+            print("  " + " ".join(f"{v:6d}" for v in row))
+    return 0
+
+
+def read_image(path: Path, checkpoint: LoadedCheckpoint) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        image = decode_image_bytes(path.read_bytes(), path.name)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
+    return to_square(image, checkpoint.image_size)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = checkpoint.model.eval()
+    failures = 0
+    for path in args.images:
+        try:
+            image = read_image(path, checkpoint)
+        except HXRError as error:
+            print(f"hxr: error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        batch = torch.from_numpy(image).float().div(255).view(1, 1, *image.shape)
+        with torch.inference_mode():
+            probabilities = torch.softmax(model(batch), dim=1)[0].numpy()
+        # Binary models decide with the validation-chosen threshold stored with them.
+        threshold = 0.5 if checkpoint.threshold is None else checkpoint.threshold
+        predicted = int(predict_classes(probabilities[None], threshold)[0])
+        result = {
+            "image": str(path),
+            "class": checkpoint.class_names[predicted],
+            "probabilities": dict(
+                zip(checkpoint.class_names, map(float, probabilities), strict=True)
+            ),
+        }
+        if args.gradcam is not None:
+            heatmap = gradcam(model, batch, [predicted])[0]
+            overlay = args.gradcam / f"{path.stem}_gradcam.png"
+            save_overlay_png(overlay, image, heatmap)
+            result["gradcam"] = str(overlay)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
+            print(f"{path}: {result['class']}  ({shown})")
+    return 1 if failures else 0

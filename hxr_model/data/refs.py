@@ -1,0 +1,38 @@
+"""Data references: the one string that names a dataset everywhere (CLI, site configs, runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hxr_model.data.catalog import Catalog
+from hxr_model.data.files import list_folder, list_manifest
+from hxr_model.data.medmnist import list_medmnist, pneumoniamnist_path
+from hxr_model.data.synthetic import DEFAULT_COUNT, list_synthetic
+from hxr_model.errors import DataError
+
+REF_FORMS = "medmnist:PATH, pneumoniamnist, folder:DIR, csv:FILE or synthetic[:N[:SITES]]"
+
+
+def open_catalog(ref: str, image_size: int, cache_dir: Path) -> Catalog:
+    """List the images `ref` names; `image_size` is only used by the synthetic source, which
+    renders at the final size instead of resizing."""
+    kind, _, argument = ref.partition(":")
+    if kind == "synthetic":
+        count, sites = _synthetic_arguments(ref, argument)
+        return list_synthetic(count, sites, image_size)
+    if ref == "pneumoniamnist":
+        return list_medmnist(pneumoniamnist_path(cache_dir))
+    listers = {"medmnist": list_medmnist, "folder": list_folder, "csv": list_manifest}
+    if kind not in listers or not argument:
+        raise DataError(f"unknown data reference '{ref}': use {REF_FORMS}")
+    return listers[kind](Path(argument).expanduser())
+
+
+def _synthetic_arguments(ref: str, argument: str) -> tuple[int, int | None]:
+    parts = argument.split(":") if argument else []
+    if len(parts) > 2 or not all(part.isdigit() for part in parts):
+        raise DataError(
+            f"bad data reference '{ref}': use synthetic, synthetic:N or synthetic:N:SITES"
+        )
+    count = int(parts[0]) if parts else DEFAULT_COUNT
+    return count, int(parts[1]) if len(parts) == 2 else None

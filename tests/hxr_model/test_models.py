@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from hxr_model.models import MODELS, build_model
+from hxr_model.models.hybridnet import HybridNetXREncoder, make_divisible
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("size", [28, 64, 224])
+def test_every_model_maps_a_radiograph_batch_to_class_logits(name: str, size: int) -> None:
+    model = build_model(name, num_classes=6).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 1, size, size))
+    assert logits.shape == (2, 6)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_encoder_head_split_and_gradcam_layer(name: str) -> None:
+    model = build_model(name, num_classes=3).eval()
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        features = model.features(images)
+        assert features.shape == (2, model.feature_dim)
+        assert torch.allclose(model.head(features), model(images))
+    captured = []
+    handle = model.gradcam_module().register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    assert captured[0].ndim == 4 and captured[0].shape[0] == 2
+
+
+def test_widths_scale_the_hybridnet_variants() -> None:
+    params = {
+        name: sum(p.numel() for p in build_model(name, 2).parameters())
+        for name in ("hxr50", "hxr100", "hxr150")
+    }
+    assert params["hxr50"] < params["hxr100"] < params["hxr150"]
+    assert HybridNetXREncoder(1.5).out_channels == make_divisible(256 * 1.5)
+
+
+def test_stem_reaches_quarter_resolution_before_the_first_stage() -> None:
+    encoder = HybridNetXREncoder(1.0)
+    assert encoder.stem(torch.rand(1, 1, 224, 224)).shape[-1] == 56
+
+
+def test_unknown_model_and_bad_class_count_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown model 'hxr999'"):
+        build_model("hxr999", 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        build_model("hxr50", 1)
+
+
+def test_make_divisible_rounds_to_multiples_of_eight() -> None:
+    assert make_divisible(16 * 0.5) == 8
+    assert make_divisible(32 * 1.5) == 48
+    assert make_divisible(3) == 8
