@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from hxr_cli.data_commands import parse_label_map
 from hxr_model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from hxr_model.data import DataSplits, RadiographDataset, load_splits
 from hxr_model.data.decoding import decode_image_bytes
 from hxr_model.data.problems import describe_problems
-from hxr_model.data.resizing import to_square
+from hxr_model.data.resizing import RESIZE_MODES, to_square
 from hxr_model.distill import DistillConfig, distill_classifier
 from hxr_model.errors import DataError, HXRError
 from hxr_model.gradcam import gradcam, save_overlay_png
@@ -74,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     add_data_arguments(evaluate, default=None)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument(
+        "--seed", type=int, default=None, help="split seed (default: the one used in training)"
+    )
+    evaluate.set_defaults(resize=None)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_evaluate)
@@ -94,10 +99,25 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None) -> 
         help="data reference: medmnist:PATH.npz, csv:FILE, folder:DIR, synthetic[:N[:SITES]]",
     )
     parser.add_argument("--skip-bad", action="store_true", help="skip broken files, counting them")
+    parser.add_argument("--resize", default="pad", choices=RESIZE_MODES)
+    parser.add_argument(
+        "--labels",
+        type=parse_label_map,
+        default=None,
+        metavar="MAP",
+        help="classes to use, e.g. 'normal,bacterial,viral'; other labels are bad files",
+    )
 
 
-def load_data(ref: str, image_size: int, skip_bad: bool, seed: int = 0) -> DataSplits:
-    splits = load_splits(ref, image_size, skip_bad=skip_bad, seed=seed)
+def load_data(args: argparse.Namespace, image_size: int) -> DataSplits:
+    splits = load_splits(
+        args.data,
+        image_size,
+        skip_bad=args.skip_bad,
+        seed=args.seed,
+        resize=args.resize,
+        label_map=args.labels,
+    )
     if splits.warnings:
         print(
             f"note: {len(splits.warnings)} image(s) kept with warnings (see hxr data check):\n"
@@ -114,7 +134,7 @@ def load_data(ref: str, image_size: int, skip_bad: bool, seed: int = 0) -> DataS
 
 def run_train(args: argparse.Namespace) -> int:
     image_size = args.image_size
-    splits = load_data(args.data, image_size, args.skip_bad, args.seed)
+    splits = load_data(args, image_size)
     class_names = splits.class_names
     progress = not args.no_progress
     train_config = TrainConfig(
@@ -189,7 +209,13 @@ def run_train(args: argparse.Namespace) -> int:
         class_names=class_names,
         image_size=image_size,
         threshold=result.threshold,
-        metadata={key: report[key] for key in ("data", "train_images", "skipped_files")},
+        metadata={
+            **{key: report[key] for key in ("data", "train_images", "skipped_files")},
+            # How the data was read and split, so `hxr evaluate` sees the same test images.
+            "split_seed": args.seed,
+            "resize": args.resize,
+            "label_map": args.labels,
+        },
     )
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
     print(describe_validation(result.val_metrics))
@@ -231,7 +257,11 @@ def pick_split(splits: DataSplits, name: str, ref: str) -> RadiographDataset:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
-    splits = load_data(args.data, checkpoint.image_size, args.skip_bad)
+    trained_with = checkpoint.metadata
+    args.seed = trained_with.get("split_seed", 0) if args.seed is None else args.seed
+    args.resize = args.resize or trained_with.get("resize", "pad")
+    args.labels = args.labels or trained_with.get("label_map")
+    splits = load_data(args, checkpoint.image_size)
     if splits.class_names != checkpoint.class_names:
         raise DataError(
             f"{args.data} has classes {splits.class_names} but {args.checkpoint} was trained on "

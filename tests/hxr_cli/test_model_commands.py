@@ -120,3 +120,17 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys) -> None:
     code = main(["predict", "--checkpoint", str(bad), str(bad)])
     error = capsys.readouterr().err.strip()
     assert code == 2 and "model.pt" in error and len(error.splitlines()) == 1
+
+
+def test_evaluate_reuses_the_training_split_of_an_unsplit_source(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--data", "synthetic:60", "--model", "hxr50", "--image-size", "32",
+            "--epochs", "1", "--seed", "7", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data", "synthetic:60",
+                 "--split", "val", "--json"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == report["validation"]["n"]
+    assert metrics["accuracy"] == pytest.approx(report["validation"]["accuracy"])
