@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -14,8 +14,10 @@ import torch
 from hxr_cli.data_commands import parse_label_map
 from hxr_model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from hxr_model.data import DataSplits, RadiographDataset, load_splits
+from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.decoding import decode_image_bytes
 from hxr_model.data.problems import describe_problems
+from hxr_model.data.refs import default_image_size
 from hxr_model.data.resizing import RESIZE_MODES, to_square
 from hxr_model.distill import DistillConfig, distill_classifier
 from hxr_model.errors import DataError, HXRError
@@ -23,7 +25,14 @@ from hxr_model.gradcam import gradcam, save_overlay_png
 from hxr_model.metrics import predict as predict_classes
 from hxr_model.models import build_model, model_names
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
-from hxr_model.training import TrainConfig, TrainResult, evaluate_classifier, train_classifier
+from hxr_model.training import (
+    Imbalance,
+    Monitor,
+    TrainConfig,
+    TrainResult,
+    evaluate_classifier,
+    train_classifier,
+)
 
 DEFAULT_DATA = "synthetic:1200"
 
@@ -34,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(train, default=DEFAULT_DATA)
     train.add_argument("--model", default="hxr150", choices=model_names())
-    train.add_argument("--image-size", type=int, default=64, help="images are resized to S x S")
+    train.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="images are resized to S x S (default: a MedMNIST file's own size, else 64)",
+    )
     train.add_argument("--prewarm-epochs", type=int, default=0, help="SimCLR epochs first")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=64)
@@ -44,13 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument(
         "--imbalance",
-        default="class-weights",
-        choices=["class-weights", "balanced-sampler", "none"],
+        default="none",
+        choices=get_args(Imbalance),
     )
     train.add_argument(
         "--monitor",
         default="balanced_accuracy",
-        choices=["balanced_accuracy", "accuracy", "auc", "loss"],
+        choices=get_args(Monitor),
         help="validation metric that picks the kept epoch and drives early stopping",
     )
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
@@ -133,7 +147,7 @@ def load_data(args: argparse.Namespace, image_size: int) -> DataSplits:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    image_size = args.image_size
+    image_size = args.image_size or default_image_size(args.data, default_cache_dir())
     splits = load_data(args, image_size)
     class_names = splits.class_names
     progress = not args.no_progress

@@ -36,6 +36,7 @@ from hxr_model.runtime import (
 )
 
 Monitor = Literal["balanced_accuracy", "accuracy", "auc", "loss"]
+Imbalance = Literal["none", "class-weights", "balanced-sampler"]
 
 
 class LabelledDataset(Protocol):
@@ -61,7 +62,9 @@ class TrainConfig(BaseModel):
     optimizer: OptimizerName = "adamw"
     schedule: ScheduleName = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    imbalance: Literal["class-weights", "balanced-sampler", "none"] = "class-weights"
+    # Plain cross-entropy by default: probabilities stay calibrated and binary decisions use the
+    # validation-chosen threshold; weighting or balanced sampling are there for rare classes.
+    imbalance: Imbalance = "none"
     early_stopping_patience: int | None = Field(None, ge=1)
     monitor: Monitor = "balanced_accuracy"
     augment: bool = True

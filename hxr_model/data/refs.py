@@ -11,6 +11,17 @@ from hxr_model.data.synthetic import DEFAULT_COUNT, list_synthetic
 from hxr_model.errors import DataError
 
 REF_FORMS = "medmnist:PATH, pneumoniamnist, folder:DIR, csv:FILE or synthetic[:N[:SITES]]"
+DEFAULT_IMAGE_SIZE = 64
+
+
+def default_image_size(ref: str, cache_dir: Path) -> int:
+    """The size to train at when the user names none: a MedMNIST release's own resolution (it
+    was made at that size; upsampling costs time and adds nothing), else DEFAULT_IMAGE_SIZE."""
+    if ref == "pneumoniamnist" or ref.startswith("medmnist:"):
+        entries = open_catalog(ref, DEFAULT_IMAGE_SIZE, cache_dir).entries
+        if entries and entries[0].pixels is not None:
+            return int(entries[0].pixels.shape[-1])
+    return DEFAULT_IMAGE_SIZE
 
 
 def open_catalog(ref: str, image_size: int, cache_dir: Path) -> Catalog:

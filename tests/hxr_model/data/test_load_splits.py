@@ -14,6 +14,7 @@ import hxr_model.data.scan as scan_module
 from hxr_model.data import RadiographDataset, check_data, load_splits
 from hxr_model.data import medmnist as medmnist_module
 from hxr_model.data.phantoms import PHANTOM_CLASSES, generate_phantoms, site_style
+from hxr_model.data.refs import DEFAULT_IMAGE_SIZE, default_image_size
 from hxr_model.errors import ConfigError, DataError
 
 LABELS = {"normal": "normal", "pneumonia": "pneumonia"}
@@ -338,3 +339,9 @@ def test_dataset_items_subset_and_tensors() -> None:
     batch, labels = part.tensors()
     assert tuple(batch.shape) == (2, 1, 4, 4) and labels.tolist() == [1, 1]
     assert dataset.class_counts().tolist() == [1, 2]
+
+
+def test_default_image_size_is_a_medmnist_files_own_resolution(tmp_path: Path) -> None:
+    path = write_npz(tmp_path / "pneumoniamnist.npz", train=mnist_like(4, 1))
+    assert default_image_size(f"medmnist:{path}", tmp_path) == 28
+    assert default_image_size("synthetic:10", tmp_path) == DEFAULT_IMAGE_SIZE == 64
