@@ -308,7 +308,8 @@ def train_classifier(
     threshold, val_metrics = None, None
     if has_val:
         val_labels, probabilities = predict_probabilities(model, val_set, device=str(device))
-        if num_classes == 2:
+        # A site's validation split may hold one class only (label skew): no threshold then.
+        if num_classes == 2 and len(np.unique(val_labels)) == 2:
             threshold = youden_threshold(val_labels, probabilities[:, 1])
         val_metrics = metrics_with_loss(val_labels, probabilities, val_set.class_names, threshold)
     return TrainResult(

@@ -123,3 +123,15 @@ def test_config_rejects_bad_values_naming_the_field() -> None:
         TrainConfig(learning_rate=-1)
     with pytest.raises(ValueError, match="imbalance"):
         TrainConfig(imbalance="oversample")
+
+
+def test_a_one_class_validation_split_gives_no_threshold(squares_train, squares_val) -> None:
+    # Label-skewed clinics often validate on one class: training must still finish.
+    only_empty = np.flatnonzero(squares_val.labels == 0)
+    squares_val.labels = squares_val.labels[only_empty]
+    squares_val.images = squares_val.images[only_empty]
+    result = train_classifier(
+        build_model("hxr50", 2), squares_train, squares_val, TrainConfig(epochs=1, **QUIET)
+    )
+    assert result.threshold is None
+    assert result.val_metrics["n"] == len(only_empty)
