@@ -19,20 +19,14 @@ from hxr_model.data.decoding import decode_image_bytes
 from hxr_model.data.problems import describe_problems
 from hxr_model.data.refs import default_image_size
 from hxr_model.data.resizing import RESIZE_MODES, to_square
-from hxr_model.distill import DistillConfig, distill_classifier
+from hxr_model.distill import DistillConfig
 from hxr_model.errors import DataError, HXRError
 from hxr_model.gradcam import gradcam, save_overlay_png
 from hxr_model.metrics import predict as predict_classes
-from hxr_model.models import build_model, model_names
-from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
-from hxr_model.training import (
-    Imbalance,
-    Monitor,
-    TrainConfig,
-    TrainResult,
-    evaluate_classifier,
-    train_classifier,
-)
+from hxr_model.models import model_names
+from hxr_model.prewarm import PrewarmConfig
+from hxr_model.recipe import fit
+from hxr_model.training import Imbalance, Monitor, TrainConfig, evaluate_classifier
 
 DEFAULT_DATA = "synthetic:1200"
 
@@ -166,55 +160,20 @@ def run_train(args: argparse.Namespace) -> int:
         max_memory_mb=args.max_memory_mb,
         progress=progress,
     )
-    model = build_model(args.model, len(class_names))
-    report: dict[str, Any] = {
-        "model": args.model,
-        "data": args.data,
-        "image_size": image_size,
-        "class_names": class_names,
-        "train_images": len(splits.train),
-        "val_images": len(splits.val),
-        "skipped_files": len(splits.skipped),
-        "data_warnings": len(splits.warnings),
-    }
-    if args.prewarm_epochs > 0:
-        prewarm = prewarm_encoder(
-            model,
-            splits.train,
-            PrewarmConfig(
-                epochs=args.prewarm_epochs,
-                batch_size=args.prewarm_batch_size,
-                learning_rate=args.prewarm_lr,
-                temperature=args.temperature,
-                seed=args.seed,
-                device=args.device,
-                max_memory_mb=args.max_memory_mb,
-                progress=progress,
-            ),
-        )
-        report["prewarm"] = {
-            "epochs": args.prewarm_epochs,
-            "nt_xent": prewarm.losses,
-            "peak_memory_mb": prewarm.peak_memory_mb,
-            "seconds": prewarm.seconds,
-            "images_per_s": prewarm.images_per_s,
-        }
-    if args.distill_from is not None:
-        teacher = build_model(args.distill_from, len(class_names))
-        teacher_result = train_classifier(teacher, splits.train, splits.val, train_config)
-        report["teacher"] = {"model": args.distill_from, **summarise(teacher_result)}
-        result = distill_classifier(
-            model,
-            teacher,
-            splits.train,
-            splits.val,
-            train_config,
-            DistillConfig(teacher=args.distill_from),
-        )
-    else:
-        result = train_classifier(model, splits.train, splits.val, train_config)
-    report["training"] = summarise(result)
-    report["validation"] = result.val_metrics
+    prewarm_config = PrewarmConfig(
+        epochs=args.prewarm_epochs,
+        batch_size=args.prewarm_batch_size,
+        learning_rate=args.prewarm_lr,
+        temperature=args.temperature,
+        seed=args.seed,
+        device=args.device,
+        max_memory_mb=args.max_memory_mb,
+        progress=progress,
+    )
+    distill_config = None if args.distill_from is None else DistillConfig(teacher=args.distill_from)
+    outcome = fit(args.model, splits, train_config, prewarm_config, distill_config)
+    model, result = outcome.model, outcome.result
+    report = {"data": args.data, "image_size": image_size, **outcome.report}
     args.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         args.out / "model.pt",
@@ -235,19 +194,6 @@ def run_train(args: argparse.Namespace) -> int:
     print(describe_validation(result.val_metrics))
     print(f"wrote {args.out / 'model.pt'} and {args.out / 'metrics.json'}")
     return 0
-
-
-def summarise(result: TrainResult) -> dict[str, Any]:
-    return {
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "batch_size": result.batch_size,
-        "peak_memory_mb": result.peak_memory_mb,
-        "seconds": result.seconds,
-        "images_per_s": result.images_per_s,
-        "threshold": result.threshold,
-    }
 
 
 def describe_validation(metrics: dict[str, Any] | None) -> str:

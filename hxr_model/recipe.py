@@ -1,0 +1,91 @@
+"""The three ways the paper trains a model, as one function: scratch, pre-warmed, distilled.
+
+`hxr train` and the accuracy-frontier script both call `fit`, so a comparison in the frontier is
+exactly what a user gets from the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hxr_model.data import DataSplits
+from hxr_model.distill import DistillConfig, distill_classifier
+from hxr_model.models import RadiographClassifier, build_model
+from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
+from hxr_model.training import TrainConfig, TrainResult, train_classifier
+
+
+@dataclass
+class FitOutcome:
+    model: RadiographClassifier
+    result: TrainResult
+    report: dict[str, Any]  # JSON-ready: data sizes, pre-warm, teacher, training, validation
+
+    @property
+    def peak_memory_mb(self) -> float:
+        """The largest peak of any phase the student's training needed (teacher excluded)."""
+        prewarm = self.report.get("prewarm", {}).get("peak_memory_mb", 0.0)
+        return max(prewarm, self.result.peak_memory_mb)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of every phase, teacher training included."""
+        return sum(
+            self.report.get(phase, {}).get("seconds", 0.0)
+            for phase in ("prewarm", "teacher", "training")
+        )
+
+
+def summarise(result: TrainResult) -> dict[str, Any]:
+    return {
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "batch_size": result.batch_size,
+        "peak_memory_mb": result.peak_memory_mb,
+        "seconds": result.seconds,
+        "images_per_s": result.images_per_s,
+        "threshold": result.threshold,
+    }
+
+
+def fit(
+    model_name: str,
+    splits: DataSplits,
+    train_config: TrainConfig,
+    prewarm_config: PrewarmConfig | None = None,
+    distill_config: DistillConfig | None = None,
+) -> FitOutcome:
+    """Optionally pre-warm (SimCLR on the training images), then fine-tune, or distil from a
+    teacher (`distill_config.teacher`) trained first on the same split."""
+    model = build_model(model_name, len(splits.class_names))
+    report: dict[str, Any] = {
+        "model": model_name,
+        "class_names": splits.class_names,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "skipped_files": len(splits.skipped),
+        "data_warnings": len(splits.warnings),
+    }
+    if prewarm_config is not None and prewarm_config.epochs > 0:
+        prewarm = prewarm_encoder(model, splits.train, prewarm_config)
+        report["prewarm"] = {
+            "epochs": prewarm_config.epochs,
+            "nt_xent": prewarm.losses,
+            "peak_memory_mb": prewarm.peak_memory_mb,
+            "seconds": prewarm.seconds,
+            "images_per_s": prewarm.images_per_s,
+        }
+    if distill_config is not None:
+        teacher = build_model(distill_config.teacher, len(splits.class_names))
+        teacher_result = train_classifier(teacher, splits.train, splits.val, train_config)
+        report["teacher"] = {"model": distill_config.teacher, **summarise(teacher_result)}
+        result = distill_classifier(
+            model, teacher, splits.train, splits.val, train_config, distill_config
+        )
+    else:
+        result = train_classifier(model, splits.train, splits.val, train_config)
+    report["training"] = summarise(result)
+    report["validation"] = result.val_metrics
+    return FitOutcome(model, result, report)
