@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "hxr_cli.data_commands",
     "hxr_cli.federation_commands",
     "hxr_cli.bench_command",
+    "hxr_cli.deploy_commands",
 )
 
 
@@ -27,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

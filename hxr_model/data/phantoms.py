@@ -129,8 +129,8 @@ def generate_phantoms(
 ) -> PhantomBatch:
     """Render `count` phantoms of `image_size` px whose classes follow `class_balance` (one weight
     per PHANTOM_CLASSES entry, default uniform) as exactly as whole images allow."""
-    if count < 0:
-        raise DataError(f"synthetic phantom count must not be negative, got {count}")
+    if count < 0 or seed < 0:
+        raise DataError(f"synthetic phantom count and seed must not be negative: {count}, {seed}")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise DataError(
             f"synthetic phantom image size must be {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} px, "
@@ -284,6 +284,7 @@ class _Chest:
     lx: np.ndarray
     ly: np.ndarray
     anatomy: _Params
+    lung_frame: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     lesion: _Params
     coarse: np.ndarray
     fine: np.ndarray
@@ -303,7 +304,7 @@ def _draw_chest(
     """
     n = len(labels)
     # Both streams draw the same amounts whatever the labels: anatomy never depends on them.
-    anatomy = _Params(anatomy_rng.random((n, 28)))
+    anatomy = _Params(anatomy_rng.random((n, 27)))
     vessel_grid = anatomy_rng.standard_normal((n, 18, 18), dtype=np.float32)
     texture_grid = anatomy_rng.standard_normal((n, 9, 9), dtype=np.float32)
     lesion = _Params(lesion_rng.random((n, 4 + 5 * _NODULES)))
@@ -315,7 +316,7 @@ def _draw_chest(
     x, y = _coordinates(anatomy, size, style)
     ax = np.abs(x)
     ax2 = ax * ax
-    inflation = (labels == EMPHYSEMA).astype(np.float32)[:, None, None] * lesion.span(0, 0.15, 1)
+    inflation = (labels == EMPHYSEMA).astype(np.float32)[:, None, None] * lesion.span(0, 0.5, 1)
 
     # Torso: sloping shoulders, neck, flanks widening towards the abdomen; thickest mid-line.
     shoulder = anatomy.span(4, -0.84, -0.72) + np.float32(0.3) * ax2
@@ -380,12 +381,13 @@ def _draw_chest(
     aeration *= lung
 
     density -= aeration
-    density += np.float32(0.08) * ribs
+    density += np.float32(0.06) * ribs
     density += np.float32(0.1) * clavicles
     density += np.float32(0.05) * spine
     density -= np.float32(0.1) * trachea
     density += np.float32(0.03) * _smooth_field(texture_grid, size) + np.float32(0.05)
-    return _Chest(image_size, style, density, lung, lx, ly, anatomy, lesion, coarse, fine)
+    frame = (lung_cx, lung_cy, lung_rx, lung_ry)
+    return _Chest(image_size, style, density, lung, lx, ly, anatomy, frame, lesion, coarse, fine)
 
 
 class _Lungs:
@@ -395,12 +397,10 @@ class _Lungs:
     def __init__(self, chest: _Chest, rows: np.ndarray) -> None:
         self._chest, self._rows = chest, rows
         self.size = chest.image_size
-        anatomy = chest.anatomy[rows]
-        self.anatomy = anatomy
-        self.centre_x = anatomy.span(7, 0.4, 0.46)
-        self.radius_x = anatomy.span(8, 0.27, 0.32)
-        self.radius_y = anatomy.span(9, 0.56, 0.63)
-        self.centre_y = anatomy.span(10, -0.04, 0.02)
+        self.anatomy = chest.anatomy[rows]
+        self.centre_x, self.centre_y, self.radius_x, self.radius_y = (
+            value[rows] for value in chest.lung_frame
+        )
         self.lesion = chest.lesion[rows]
         self.coarse = chest.coarse[rows]
         self.fine = chest.fine[rows]
@@ -439,8 +439,8 @@ def _lobar_consolidation(lungs: _Lungs) -> np.ndarray:
     centre_y = np.float32(-0.5) + np.float32(0.4) * lobe
     centre_x = side * (lungs.centre_x + p.span(3, 0.1, 0.5) * lungs.radius_x)
     centre_y = lungs.centre_y + centre_y * lungs.radius_y
-    dx = (x - centre_x) * (1 / p.span(4, 0.14, 0.24))
-    dy = (y - centre_y) * (1 / p.span(5, 0.16, 0.3))
+    dx = (x - centre_x) * (1 / p.span(4, 0.19, 0.28))
+    dy = (y - centre_y) * (1 / p.span(5, 0.2, 0.32))
     texture = np.clip(lungs.smooth(lungs.fine), -1, 1)
     spread = np.float32(0.5) * np.clip(lungs.smooth(lungs.coarse), -1, 1) + 1 - dx * dx - dy * dy
     spread += np.float32(0.25) * texture
@@ -461,7 +461,7 @@ def _peripheral_ground_glass(lungs: _Lungs) -> np.ndarray:
     """COVID-19: patchy haze at the periphery of both lower zones."""
     periphery = lungs.radial - lungs.lesion.span(1, 0.25, 0.45)
     lower = lungs.ly - lungs.lesion.span(2, -0.3, 0.1)
-    patches = np.clip(np.float32(0.5) * lungs.smooth(lungs.coarse) + np.float32(0.75), 0.3, 1)
+    patches = np.clip(np.float32(0.5) * lungs.smooth(lungs.coarse) + np.float32(0.85), 0.5, 1)
     patches *= np.clip(periphery * np.float32(6.0), 0, 1)
     return patches * np.clip(lower * np.float32(6.0), 0, 1)
 
@@ -470,19 +470,19 @@ def _upper_lobe_nodules(lungs: _Lungs) -> np.ndarray:
     """Tuberculosis: a few nodules in the upper zones, some hollowed into cavities."""
     p = lungs.lesion
     x, y = lungs.xy
-    count = p.span(1, 2, _NODULES + 0.999)
+    count = p.span(1, 3, _NODULES + 0.999)
     field = np.zeros_like(x)
     for k in range(_NODULES):
         column = 4 + 5 * k
         offset = p.span(column + 1, -0.5, 0.5) * lungs.radius_x
         centre_x = p.side(column) * (lungs.centre_x + offset)
         centre_y = lungs.centre_y + p.span(column + 2, -0.8, -0.2) * lungs.radius_y
-        radius = p.span(column + 3, 0.035, 0.075)
+        radius = p.span(column + 3, 0.04, 0.075)
         distance = (x - centre_x) ** 2 + (y - centre_y) ** 2
         distance *= 1 / (radius * radius)
         distance += (k >= count) * np.float32(10)  # absent nodules lie far away
         nodule = np.clip((1 - distance) * np.float32(3.0), 0, 1)
-        hollow = (p.span(column + 4, 0, 1) < 0.4) * np.float32(0.8)
+        hollow = (p.span(column + 4, 0, 1) < 0.5) * np.float32(0.8)
         nodule -= hollow * np.clip((np.float32(0.3) - distance) * np.float32(6.0), 0, 1)
         np.maximum(field, nodule, out=field)
     return field
@@ -496,10 +496,10 @@ _LESIONS: dict[int, Callable[[_Lungs], np.ndarray]] = {
 }
 # Peak added density, from subtle to obvious, per lesion class.
 _AMPLITUDE: dict[int, tuple[float, float]] = {
-    BACTERIAL: (0.06, 0.3),
-    VIRAL: (0.05, 0.16),
-    COVID: (0.05, 0.2),
-    TUBERCULOSIS: (0.08, 0.3),
+    BACTERIAL: (0.25, 0.5),
+    VIRAL: (0.15, 0.3),
+    COVID: (0.18, 0.32),
+    TUBERCULOSIS: (0.22, 0.45),
 }
 
 

@@ -36,3 +36,8 @@ def squares_train() -> SquaresDataset:
 @pytest.fixture
 def squares_val() -> SquaresDataset:
     return SquaresDataset(48, 32, seed=2)
+
+
+@pytest.fixture
+def make_squares() -> type[SquaresDataset]:
+    return SquaresDataset

@@ -1,0 +1,176 @@
+"""The clinic's Flower ClientApp: train, statistics and evaluate messages in, results out.
+
+`app` serves deployment (`flower-supernode --node-config 'site-config="site.toml"'`) and
+`flwr run .` simulations. `build_client_app` lets the in-process simulation say how a node finds
+its site, because `flwr.simulation.run_simulation` gives ClientApps no run config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import ERROR, INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from client.gradcam_samples import GradcamSamples
+from client.instructions import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    GRADCAM_ARRAYS_KEY,
+    GRADCAM_META_KEY,
+    METRICS_KEY,
+    SITE_KEY,
+    STATISTICS_ACTION,
+    RoundInstructions,
+)
+from client.local_rounds import (
+    evaluate_round,
+    finetune_round,
+    prewarm_round,
+    statistics_round,
+)
+from client.model_state import from_record, to_record
+from client.site_config import (
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    PrivacyPolicy,
+    SiteConfig,
+    simulated_site,
+    site_from_node_config,
+)
+from client.site_data import SiteData, load_site_data
+
+SiteResolver = Callable[[Context], SiteConfig]
+Handler = Callable[[Message, Context], Message]
+
+
+class SiteFailure(RuntimeError):
+    """What the server learns about a failure at a site: its kind, not its details."""
+
+
+def keep_details_local(message: Message, context: Context, call_next: Handler) -> Message:
+    """Flower mod. Flower forwards an exception's text to the server, and a site's errors can
+    name its files (a DataError lists bad paths): log them here, send only the error's type."""
+    try:
+        return call_next(message, context)
+    except Exception as error:
+        log(ERROR, "%s failed: %s", message.metadata.message_type, error)
+        raise SiteFailure(f"{type(error).__name__} at the site (details in its log)") from None
+
+
+def node_site(context: Context) -> SiteConfig:
+    """Deployment and `flwr run`: the site comes from the node config (or the run config)."""
+    return site_from_node_config(context.node_config, context.run_config)
+
+
+@dataclass(frozen=True)
+class SimulatedSites:
+    """In-process simulation: node k plays partition k of `data` (picklable for Ray actors)."""
+
+    data: str
+    scheme: str
+    seed: int
+    privacy: PrivacyPolicy = "heatmap"
+    device: str = "auto"
+    skip_bad: bool = False
+
+    def __call__(self, context: Context) -> SiteConfig:
+        return simulated_site(
+            int(context.node_config[PARTITION_ID_KEY]),
+            int(context.node_config[NUM_PARTITIONS_KEY]),
+            self.data,
+            self.scheme,
+            self.seed,
+            privacy=self.privacy,
+            device=self.device,
+            skip_bad=self.skip_bad,
+        )
+
+
+def _prepare(
+    message: Message, context: Context, resolve_site: SiteResolver
+) -> tuple[SiteConfig, RoundInstructions, SiteData]:
+    site = resolve_site(context)
+    instructions = RoundInstructions.from_config(message.content[CONFIG_KEY])
+    data = load_site_data(
+        site, instructions.class_names, instructions.image_size, instructions.seed
+    )
+    return site, instructions, data
+
+
+def _gradcam_records(samples: GradcamSamples) -> dict[str, ArrayRecord | ConfigRecord]:
+    arrays = {"heatmaps": samples.heatmaps}
+    if samples.images is not None:
+        arrays["images"] = samples.images
+    return {
+        GRADCAM_ARRAYS_KEY: to_record(arrays),
+        GRADCAM_META_KEY: ConfigRecord(
+            {"labels": samples.labels, "predictions": samples.predictions}
+        ),
+    }
+
+
+def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
+    """A ClientApp whose nodes find their site configuration with `resolve_site`."""
+    app = ClientApp(mods=[keep_details_local])
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        site, instructions, data = _prepare(message, context, resolve_site)
+        state = from_record(message.content[ARRAYS_KEY])
+        run_round = prewarm_round if instructions.phase == "prewarm" else finetune_round
+        update, metrics = run_round(state, instructions, site, data)
+        log(
+            INFO,
+            "%s: %s round %d done on %d images in %.1f s (loss %.4f)",
+            site.name,
+            instructions.phase,
+            instructions.server_round,
+            metrics["num-examples"],
+            metrics["seconds"],
+            metrics["train-loss"],
+        )
+        content = RecordDict(
+            {
+                ARRAYS_KEY: to_record(update),
+                METRICS_KEY: MetricRecord(metrics),
+                SITE_KEY: ConfigRecord({"name": site.name}),
+            }
+        )
+        return Message(content, reply_to=message)
+
+    @app.query(STATISTICS_ACTION)
+    def statistics(message: Message, context: Context) -> Message:
+        site, instructions, data = _prepare(message, context, resolve_site)
+        state = from_record(message.content[ARRAYS_KEY])
+        arrays, metrics = statistics_round(state, instructions, site, data)
+        content = RecordDict(
+            {
+                ARRAYS_KEY: to_record(arrays),
+                METRICS_KEY: MetricRecord(metrics),
+                SITE_KEY: ConfigRecord({"name": site.name}),
+            }
+        )
+        return Message(content, reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        site, instructions, data = _prepare(message, context, resolve_site)
+        metrics, samples = evaluate_round(
+            from_record(message.content[ARRAYS_KEY]), instructions, site, data
+        )
+        records: dict = {
+            METRICS_KEY: MetricRecord(metrics),
+            SITE_KEY: ConfigRecord({"name": site.name}),
+        }
+        if samples is not None:
+            records.update(_gradcam_records(samples))
+        return Message(RecordDict(records), reply_to=message)
+
+    return app
+
+
+app = build_client_app()

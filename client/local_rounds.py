@@ -1,0 +1,186 @@
+"""One site's work for a round: pre-warm, fine-tune or evaluate the weights the server sent.
+
+Plain functions over numpy state dicts (no Flower types), so they are tested without a
+federation; `client_app` only unpacks and packs messages around them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import ConcatDataset
+
+from client.gradcam_samples import GradcamSamples, gradcam_samples
+from client.instructions import PROJECTION_PREFIX, STATISTICS_SUFFIXES, RoundInstructions
+from client.model_state import federated_state, float_state, load_into, phase_state
+from client.site_config import SiteConfig
+from client.site_data import SiteData
+from hxr_model.models import RadiographClassifier, build_model
+from hxr_model.prewarm import PrewarmConfig, PrewarmResult, ProjectionHead, prewarm_encoder
+from hxr_model.runtime import resolve_device
+from hxr_model.training import (
+    TrainConfig,
+    TrainResult,
+    evaluate_classifier,
+    make_loader,
+    train_classifier,
+)
+
+Metrics = dict[str, float | int | list[float] | list[int]]
+State = dict[str, np.ndarray]
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _per_class_recall(metrics: Mapping[str, Any], class_names: list[str]) -> list[float]:
+    """Recall per federation class; NaN where the split has no example of it."""
+    per_class = metrics["per_class"]
+    return [
+        float(per_class[name]["recall"]) if per_class[name]["support"] else math.nan
+        for name in class_names
+    ]
+
+
+def _model(instructions: RoundInstructions) -> RadiographClassifier:
+    return build_model(instructions.model, len(instructions.class_names))
+
+
+def _resources(result: TrainResult | PrewarmResult, data: SiteData) -> Metrics:
+    return {
+        "peak-memory-mb": float(result.peak_memory_mb),
+        "seconds": float(result.seconds),
+        "images-per-s": float(result.images_per_s),
+        "skipped-files": int(data.skipped),
+    }
+
+
+def prewarm_round(
+    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+) -> tuple[State, Metrics]:
+    """SimCLR on every labelled-or-not training image; returns encoder + projection head.
+
+    The test split stays out: it must remain unseen to score the model honestly.
+    """
+    model = _model(instructions)
+    load_into(model, state, "prewarm")
+    projection = ProjectionHead(model.feature_dim, instructions.projection_dim)
+    load_into(projection, state, "prewarm", PROJECTION_PREFIX)
+    images = ConcatDataset([data.train, data.val]) if len(data.val) else data.train
+    config = PrewarmConfig(
+        epochs=instructions.local_epochs,
+        batch_size=instructions.batch_size,
+        learning_rate=instructions.learning_rate,
+        temperature=instructions.temperature,
+        projection_dim=instructions.projection_dim,
+        seed=instructions.site_seed(site.name),
+        device=site.device,
+        max_memory_mb=site.max_memory_mb,
+        progress=False,
+    )
+    result = prewarm_encoder(model, images, config, projection)
+    metrics: Metrics = {
+        "num-examples": len(images),
+        "train-loss": float(result.losses[-1]) if result.losses else math.nan,
+        **_resources(result, data),
+    }
+    return phase_state(federated_state(model, projection), "prewarm"), metrics
+
+
+def finetune_round(
+    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+) -> tuple[State, Metrics]:
+    """Supervised local training (with the FedProx term when the server asks for one)."""
+    model = _model(instructions)
+    load_into(model, state, "finetune")
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = TrainConfig(
+        epochs=instructions.local_epochs,
+        batch_size=instructions.batch_size,
+        learning_rate=instructions.learning_rate,
+        seed=instructions.site_seed(site.name),
+        device=site.device,
+        max_memory_mb=site.max_memory_mb,
+        progress=False,
+        proximal_mu=instructions.proximal_mu,
+    )
+    val = data.val if len(data.val) else None
+    result = train_classifier(model, data.train, val, config, reference_weights=reference)
+    val_metrics = result.val_metrics or {}
+    metrics: Metrics = {
+        "num-examples": len(data.train),
+        "train-loss": float(result.history[-1]["train_loss"]) if result.history else math.nan,
+        "val-accuracy": _number(val_metrics.get("accuracy")),
+        "val-balanced-accuracy": _number(val_metrics.get("balanced_accuracy")),
+        "val-auc": _number(val_metrics.get("auc")),
+        "val-threshold": _number(result.threshold),
+        "per-class-recall": (
+            _per_class_recall(val_metrics, instructions.class_names)
+            if val_metrics
+            else [math.nan] * len(instructions.class_names)
+        ),
+        **_resources(result, data),
+    }
+    return phase_state(float_state(model), "finetune"), metrics
+
+
+def statistics_round(
+    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+) -> tuple[State, Metrics]:
+    """BatchNorm statistics of the aggregated weights on this site's training images.
+
+    Statistics averaged from the sites' own models describe features those models made, not
+    the aggregated model's; under label skew the global model then predicts one class for
+    everything. Re-measured here for the global weights, the server pools them exactly.
+    """
+    model = _model(instructions)
+    load_into(model, state, "finetune")
+    device = resolve_device(site.device)
+    generator = torch.Generator().manual_seed(instructions.site_seed(site.name))
+    loader = make_loader(data.train, instructions.batch_size, generator)
+    with torch.no_grad():
+        update_bn(loader, model.to(device), device)
+    statistics = {
+        name: tensor.detach().cpu().numpy()
+        for name, tensor in model.state_dict().items()
+        if name.endswith(STATISTICS_SUFFIXES)
+    }
+    return statistics, {"num-examples": len(data.train)}
+
+
+def evaluate_round(
+    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+) -> tuple[Metrics, GradcamSamples | None]:
+    """Score the global model on local held-out images; Grad-CAM samples as the policy allows."""
+    model = _model(instructions)
+    load_into(model, state, "finetune")
+    dataset = data.evaluation
+    metrics = evaluate_classifier(
+        model, dataset, batch_size=max(instructions.batch_size, 64), device=site.device
+    )
+    summary: Metrics = {
+        "num-examples": int(metrics["n"]),
+        "accuracy": float(metrics["accuracy"]),
+        "balanced-accuracy": float(metrics["balanced_accuracy"]),
+        "auc": _number(metrics["auc"]),
+        "loss": float(metrics["loss"]),
+        "ece": float(metrics["ece"]),
+        "per-class-recall": _per_class_recall(metrics, instructions.class_names),
+        "confusion-matrix": [int(v) for row in metrics["confusion_matrix"] for v in row],
+    }
+    samples = None
+    if site.privacy != "none" and instructions.gradcam_per_class > 0:
+        samples = gradcam_samples(
+            model,
+            dataset,
+            per_class=instructions.gradcam_per_class,
+            size=instructions.sample_side,
+            include_images=site.privacy == "overlay",
+        )
+    return summary, samples

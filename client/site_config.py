@@ -1,0 +1,155 @@
+"""A clinic's site configuration: what its SuperNode is told about local data and policy.
+
+The SuperNode's node config either points at a site TOML file (`site-config="site.toml"`) or
+carries the same settings as key-values (`site-name="north" data="folder:/data/xr"`). In Flower's
+simulation engine a node knows only its partition number, so the site is then a partition of the
+run's `data` reference instead. Every path ends in the same pydantic model, and a bad value stops
+the client with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hxr_model.errors import ConfigError
+
+PrivacyPolicy = Literal["none", "heatmap", "overlay"]
+
+SITE_CONFIG_KEY = "site-config"
+# Site names become folder and file names on the server, so they are kept to a safe alphabet.
+SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+PARTITION_ID_KEY = "partition-id"
+NUM_PARTITIONS_KEY = "num-partitions"
+
+
+class SitePartition(BaseModel):
+    """A simulated clinic: part `index` of `num_sites` of a shared dataset (simulation only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheme: str = Field(min_length=1)
+    num_sites: int = Field(ge=1)
+    index: int = Field(ge=0)
+    seed: int = 0
+
+
+class SiteConfig(BaseModel):
+    """Everything a clinic decides for itself; the server never sees the data reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SITE_NAME_PATTERN)
+    data: str = Field(min_length=1)
+    label_map: dict[str, str] = Field(default_factory=dict)
+    privacy: PrivacyPolicy = "heatmap"
+    device: str = "auto"
+    max_memory_mb: float | None = Field(None, gt=0)
+    skip_bad: bool = False
+    partition: SitePartition | None = None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(root)"
+    return f"{source}: invalid value for '{field}': {first['msg']}"
+
+
+def validate_site_config(values: Mapping[str, Any], source: str) -> SiteConfig:
+    """Validate raw settings; `source` names where they came from in the error message."""
+    try:
+        return SiteConfig.model_validate(dict(values))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Read and validate a site TOML file."""
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"site config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"site config {path} is not readable TOML: {error}") from None
+    return validate_site_config(values, str(path))
+
+
+def parse_label_map(text: str) -> dict[str, str]:
+    """`"pneumonia=bacterial_pneumonia,ok=normal"` -> mapping (node configs hold only scalars)."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        local, sep, federated = (side.strip() for side in item.partition("="))
+        if not sep or not local or not federated:
+            raise ConfigError(f"node config: invalid value for 'label-map': {item!r} is not a=b")
+        pairs[local] = federated
+    return pairs
+
+
+def _from_key_values(node_config: Mapping[str, Any]) -> SiteConfig:
+    values: dict[str, Any] = {
+        key.replace("-", "_"): value
+        for key, value in node_config.items()
+        if key not in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY)
+    }
+    if "site_name" in values:
+        values["name"] = values.pop("site_name")
+    if isinstance(values.get("label_map"), str):
+        values["label_map"] = parse_label_map(values["label_map"])
+    return validate_site_config(values, "node config")
+
+
+def simulated_site(
+    partition_id: int,
+    num_partitions: int,
+    data: str,
+    scheme: str,
+    seed: int,
+    **settings: Any,
+) -> SiteConfig:
+    """The site a simulation node plays: one partition of the run's dataset; `settings` are
+    further SiteConfig fields (privacy, device, skip_bad) shared by every virtual clinic."""
+    return validate_site_config(
+        {
+            **settings,
+            "name": f"site-{partition_id + 1}",
+            "data": data,
+            "partition": {
+                "scheme": scheme,
+                "num_sites": num_partitions,
+                "index": partition_id,
+                "seed": seed,
+            },
+        },
+        "simulation",
+    )
+
+
+def site_from_node_config(
+    node_config: Mapping[str, Any], run_config: Mapping[str, Any]
+) -> SiteConfig:
+    """Resolve a node's site: site TOML, key-values, or (simulation) a partition of `data`."""
+    if SITE_CONFIG_KEY in node_config:
+        return load_site_config(Path(str(node_config[SITE_CONFIG_KEY])).expanduser())
+    if set(node_config) - {PARTITION_ID_KEY, NUM_PARTITIONS_KEY}:
+        return _from_key_values(node_config)
+    if PARTITION_ID_KEY in node_config and NUM_PARTITIONS_KEY in node_config:
+        missing = [key for key in ("data", "partition") if key not in run_config]
+        if missing:
+            raise ConfigError(
+                f"run config: simulated sites need '{missing[0]}' (the dataset to partition)"
+            )
+        return simulated_site(
+            int(node_config[PARTITION_ID_KEY]),
+            int(node_config[NUM_PARTITIONS_KEY]),
+            str(run_config["data"]),
+            str(run_config["partition"]),
+            int(run_config.get("seed", 0)),
+        )
+    raise ConfigError(
+        f"node config: no site configured; start the SuperNode with "
+        f"--node-config '{SITE_CONFIG_KEY}=\"site.toml\"'"
+    )

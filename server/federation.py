@@ -1,0 +1,230 @@
+"""A whole federated run on the server side: start or resume, commit each round, write results.
+
+Called by the ServerApp with Flower's `Grid`; knows nothing of how nodes are run, so deployment
+and simulation share it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from client.model_state import federated_state, load_into, to_record
+from hxr_model.checkpoint import save_checkpoint
+from hxr_model.errors import ConfigError
+from hxr_model.models import RadiographClassifier, build_model
+from hxr_model.prewarm import ProjectionHead
+from server.gallery import ReceivedSamples, save_gallery
+from server.phased_strategy import OptimiserState, PhasedStrategy
+from server.report import write_report, write_summary
+from server.run_config import FederationConfig
+from server.run_store import ResumeState, RunStore
+
+# Settings a resumed run must share with the run it continues (data: simulations only).
+FINGERPRINT_FIELDS = (
+    "model",
+    "classes",
+    "image_size",
+    "projection_dim",
+    "prewarm_rounds",
+    "strategy",
+    "seed",
+    "data",
+    "partition",
+)
+
+
+def fingerprint(config: FederationConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+
+
+def initial_state(config: FederationConfig) -> dict[str, np.ndarray]:
+    """Seeded fresh weights: the same seed gives every run the same starting point."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, len(config.classes))
+        projection = ProjectionHead(model.feature_dim, config.projection_dim)
+    return federated_state(model, projection)
+
+
+def classifier_from(
+    config: FederationConfig, state: Mapping[str, np.ndarray]
+) -> RadiographClassifier:
+    model = build_model(config.model, len(config.classes))
+    load_into(model, state, "finetune")
+    return model.eval()
+
+
+def _final_threshold(config: FederationConfig, records: list[dict[str, Any]]) -> float | None:
+    """Binary tasks: the sites' validation-chosen thresholds of the last fine-tuning round."""
+    if len(config.classes) != 2:
+        return None
+    for record in reversed(records):
+        value = record["train"]["aggregate"].get("val-threshold")
+        if record["phase"] == "finetune" and value is not None:
+            return value if math.isfinite(value) and 0 <= value <= 1 else None
+    return None
+
+
+def describe_round(record: Mapping[str, Any], total_rounds: int) -> list[str]:
+    """Progress lines: one per site, then the federation's numbers."""
+    lines = []
+
+    def number(values: Mapping[str, Any], key: str) -> str:
+        value = values.get(key)
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    evaluated = record["evaluate"]["sites"]
+    for site, train in sorted(record["train"]["sites"].items()):
+        text = (
+            f"round {record['round']}/{total_rounds} {record['phase']:<8} {site}: "
+            f"loss {number(train, 'train-loss')}"
+        )
+        if site in evaluated:
+            text += (
+                f", test acc {number(evaluated[site], 'accuracy')}"
+                f" bal-acc {number(evaluated[site], 'balanced-accuracy')}"
+            )
+        text += f", {train['seconds']:.1f} s, {train['peak-memory-mb']:.0f} MB"
+        lines.append(text)
+    aggregate = record["evaluate"]["aggregate"]
+    summary = f"round {record['round']}/{total_rounds} done in {record['seconds']:.1f} s"
+    if aggregate:
+        summary += (
+            f": federation test acc {number(aggregate, 'accuracy')}"
+            f" bal-acc {number(aggregate, 'balanced-accuracy')} auc {number(aggregate, 'auc')}"
+        )
+    if record["rejected"] or record["failures"]:
+        summary += f" ({len(record['rejected'])} rejected, {len(record['failures'])} failed)"
+    lines.append(summary)
+    return lines
+
+
+class RoundCommitter:
+    """`PhasedStrategy`'s end-of-round hook: gallery, records, checkpoint, then commit."""
+
+    def __init__(self, config: FederationConfig, store: RunStore) -> None:
+        self.config = config
+        self.store = store
+
+    def __call__(
+        self,
+        record: dict[str, Any],
+        samples: Mapping[str, ReceivedSamples],
+        arrays: dict[str, np.ndarray],
+        optimiser_state: OptimiserState,
+    ) -> None:
+        self.record_round(record, samples)
+        self.commit(record, arrays, optimiser_state)
+
+    def record_round(self, record: dict[str, Any], samples: Mapping[str, ReceivedSamples]) -> None:
+        """Gallery PNGs, then rounds.jsonl and the per-site CSVs (not yet a commit)."""
+        config, store = self.config, self.store
+        for site, site_samples in sorted(samples.items()):
+            paths = save_gallery(
+                store.gradcam_dir, record["round"], site, site_samples, config.classes
+            )
+            record["gradcam"][site] = [
+                {
+                    "file": str(path.relative_to(store.run_dir)),
+                    "true": config.classes[label],
+                    "predicted": config.classes[predicted],
+                }
+                for path, label, predicted in zip(
+                    paths, site_samples.labels, site_samples.predictions, strict=True
+                )
+            ]
+        store.append_round(record, config.classes)
+
+    def commit(
+        self,
+        record: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        optimiser_state: OptimiserState,
+    ) -> None:
+        """The round's global checkpoint, then the resume state: from here it is completed."""
+        config, store, current = self.config, self.store, record["round"]
+        save_checkpoint(
+            store.round_checkpoint(current),
+            classifier_from(config, arrays),
+            model_name=config.model,
+            class_names=config.classes,
+            image_size=config.image_size,
+            metadata={"federation_round": current, "phase": record["phase"]},
+        )
+        store.save_state(ResumeState(current, arrays, optimiser_state, fingerprint(config)))
+        for line in describe_round(record, config.num_server_rounds):
+            log(INFO, "%s", line)
+
+
+def _resume_point(config: FederationConfig, store: RunStore) -> ResumeState | None:
+    if not config.resume:
+        if store.has_results():
+            raise ConfigError(
+                f"{store.run_dir} already holds a run; set resume=true to continue it "
+                f"or choose another out-dir"
+            )
+        return None
+    state = store.load_state()
+    if state is None:
+        store.discard_after(0, config.classes)
+        return None
+    expected = fingerprint(config)
+    for key, value in expected.items():
+        if state.fingerprint.get(key) != value:
+            raise ConfigError(
+                f"cannot resume {store.run_dir}: it was started with {key}="
+                f"{state.fingerprint.get(key)!r}, this run has {key}={value!r}"
+            )
+    store.discard_after(state.round, config.classes)
+    return state
+
+
+def run_federation(grid: Grid, config: FederationConfig, run_id: int) -> Path:
+    """Run (or continue) the configured rounds, then write the final model and reports."""
+    store = RunStore(config.run_dir(run_id))
+    resumed = _resume_point(config, store)
+    first_round = resumed.round if resumed else 0
+    arrays = resumed.arrays if resumed else initial_state(config)
+    if resumed:
+        log(INFO, "Resuming %s after round %d", store.run_dir, first_round)
+    strategy = PhasedStrategy(
+        config,
+        RoundCommitter(config, store),
+        first_round=first_round,
+        optimiser_state=resumed.strategy if resumed else None,
+    )
+    remaining = config.num_server_rounds - first_round
+    if remaining > 0:
+        strategy.start(
+            grid,
+            to_record(arrays),
+            num_rounds=remaining,
+            timeout=config.round_timeout,
+            evaluate_fn=strategy.end_round,
+        )
+    final = store.load_state()
+    if final is None:
+        raise ConfigError(f"{store.run_dir}: no round completed, nothing to save")
+    records = store.read_rounds()
+    save_checkpoint(
+        store.run_dir / "global_model.pt",
+        classifier_from(config, final.arrays),
+        model_name=config.model,
+        class_names=config.classes,
+        image_size=config.image_size,
+        threshold=_final_threshold(config, records),
+        metadata={"federation": config.model_dump(mode="json"), "rounds": final.round},
+    )
+    summary = write_summary(store, config, records)
+    write_report(store, config, records, summary)
+    log(INFO, "Federated run finished: %s", store.run_dir)
+    return store.run_dir

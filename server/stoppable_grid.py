@@ -1,0 +1,70 @@
+"""A Flower Grid the caller can stop, for ServerApps that run in a thread of its process.
+
+`flwr.simulation.run_simulation` runs the ServerApp in a non-daemon thread that waits for replies
+until the round timeout (an hour by default). If the simulation ends early (Ctrl-C, a crashed
+backend), that thread would keep the process alive; through this grid it stops within a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+POLL_S = 0.2
+
+
+class SimulationStopped(RuntimeError):
+    """Raised in the ServerApp thread once the simulation around it has ended."""
+
+
+class StoppableGrid(Grid):
+    """Delegates to `grid`; every wait checks `stop` first."""
+
+    def __init__(self, grid: Grid, stop: threading.Event) -> None:
+        self.grid = grid
+        self.stop = stop
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise SimulationStopped("the simulation ended before the ServerApp")
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        self._check()
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self._check()
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self._check()
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Flower's push-then-poll loop, polling often and checking `stop` on every turn."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending and (deadline is None or time.monotonic() < deadline):
+            received = list(self.pull_messages(pending))
+            replies.extend(received)
+            pending -= {message.metadata.reply_to_message_id for message in received}
+            if pending:
+                self.stop.wait(POLL_S)
+        return replies

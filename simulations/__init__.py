@@ -1,0 +1,1 @@
+"""Federations run on one machine with Flower's simulation engine."""

@@ -1,0 +1,145 @@
+"""A federation of virtual clinics on one machine, through Flower's simulation engine.
+
+The same ServerApp and ClientApp as in deployment run in-process via
+`flwr.simulation.run_simulation`: no local SuperLink is started (so nothing keeps running after
+the call), and no runtime environment is built (so nothing is downloaded). Each virtual clinic
+is one partition of a dataset, played by a Ray actor limited to one CPU core.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from client.site_config import PrivacyPolicy
+from hxr_model.data import load_splits, partition
+from server.run_config import FederationConfig, StrategyName
+
+DEFAULT_DATA = "synthetic:960:4"
+
+# Flower's and Ray's usage reporting would try the network from every clinic laptop; a
+# simulation must also never build a fresh environment (`flwr run`'s default downloads torch).
+QUIET_ENVIRONMENT = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+class SimulationSettings(BaseModel):
+    """What `hxr simulate` exposes; everything else takes the run-config defaults.
+
+    The defaults are the README demo, sized to finish in under five minutes on two CPU cores.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = DEFAULT_DATA
+    sites: int = Field(4, ge=1, le=64)
+    partition: str = "by-source"
+    rounds: int = Field(10, ge=1)
+    prewarm_rounds: int = Field(2, ge=0)
+    local_epochs: int = Field(2, ge=1)
+    prewarm_epochs: int = Field(1, ge=1)
+    model: str = "hxr50"
+    image_size: int = Field(64, ge=16, le=1024)
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(1e-2, gt=0)
+    strategy: StrategyName = "fedavg"
+    seed: int = 0
+    privacy: PrivacyPolicy = "heatmap"
+    skip_bad: bool = False
+    gradcam_per_class: int = Field(2, ge=0, le=16)
+    out: Path
+    resume: bool = False
+    cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def federation_config(settings: SimulationSettings, class_names: list[str]) -> FederationConfig:
+    return FederationConfig(
+        num_server_rounds=settings.rounds,
+        prewarm_rounds=settings.prewarm_rounds,
+        local_epochs=settings.local_epochs,
+        prewarm_epochs=settings.prewarm_epochs,
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        model=settings.model,
+        image_size=settings.image_size,
+        classes=class_names,
+        min_nodes=settings.sites,
+        seed=settings.seed,
+        strategy=settings.strategy,
+        gradcam_per_class=settings.gradcam_per_class,
+        out_dir=str(settings.out),
+        resume=settings.resume,
+        data=settings.data,
+        partition=settings.partition,
+    )
+
+
+def backend_config(settings: SimulationSettings) -> dict:
+    """One core per virtual clinic, at most as many clinics at once as the machine has cores.
+
+    Ray hides GPUs from actors that reserve none, so with a GPU the clinics running at the same
+    time share it in equal fractions.
+    """
+    cpus = settings.cpus or max(1, min(settings.sites, len(os.sched_getaffinity(0))))
+    gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": min(1.0, gpus / cpus) if gpus else 0.0},
+        "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False},
+    }
+
+
+def check_partitions(settings: SimulationSettings) -> list[str]:
+    """Load the data and partition every split here first: a scheme that leaves a clinic empty
+    fails in one line before any actor starts. Returns the class names."""
+    splits = load_splits(
+        settings.data, settings.image_size, skip_bad=settings.skip_bad, seed=settings.seed
+    )
+    for split in (splits.train, splits.val, splits.test):
+        if split is not None:
+            partition(split, settings.partition, settings.sites, settings.seed)
+    return splits.class_names
+
+
+def simulate(settings: SimulationSettings) -> Path:
+    """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    # Imported late: Flower reads the variables above when it is first imported.
+    import ray
+    from flwr.simulation import run_simulation
+
+    from client.client_app import SimulatedSites, build_client_app
+    from server.server_app import build_server_app
+
+    class_names = check_partitions(settings)
+    config = federation_config(settings, class_names)
+    sites = SimulatedSites(
+        settings.data,
+        settings.partition,
+        settings.seed,
+        privacy=settings.privacy,
+        device=settings.device,
+        skip_bad=settings.skip_bad,
+    )
+    stop = threading.Event()
+    try:
+        run_simulation(
+            server_app=build_server_app(config, stop),
+            client_app=build_client_app(sites),
+            num_supernodes=settings.sites,
+            backend_config=backend_config(settings),
+        )
+    finally:
+        stop.set()  # an interrupted run's ServerApp thread would otherwise wait for replies
+        if ray.is_initialized():
+            ray.shutdown()
+    return config.run_dir(0)

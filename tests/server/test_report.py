@@ -1,0 +1,144 @@
+"""summary.json and report.html from hand-made round records; the report in a real browser."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.federation import RoundCommitter
+from server.gallery import ReceivedSamples
+from server.report import write_report, write_summary
+from server.run_config import FederationConfig
+from server.run_store import RunStore
+
+CLASSES = ["normal", "pneumonia"]
+PROBE = (
+    "<script>addEventListener('load', () => { const all = [...document.images];"
+    " document.body.dataset.rendered ="
+    " all.filter(i => i.complete && i.naturalWidth > 0).length + '/' + all.length; });</script>"
+)
+
+
+def site_metrics(accuracy: float, examples: int) -> dict:
+    return {
+        "num-examples": examples,
+        "accuracy": accuracy,
+        "balanced-accuracy": accuracy,
+        "auc": math.nan,
+        "loss": 0.7,
+        "ece": 0.1,
+        "per-class-recall": [accuracy, accuracy],
+        "confusion-matrix": [3, 1, 1, 3],
+    }
+
+
+def train_metrics(loss: float) -> dict:
+    return {
+        "num-examples": 20,
+        "train-loss": loss,
+        "peak-memory-mb": 120.0,
+        "seconds": 2.0,
+        "images-per-s": 10.0,
+        "skipped-files": 1,
+    }
+
+
+def record(round_: int, phase: str) -> dict:
+    evaluated = phase == "finetune"
+    return {
+        "round": round_,
+        "phase": phase,
+        "seconds": 3.0,
+        "train": {
+            "aggregate": train_metrics(1.0),
+            "sites": {"north": train_metrics(1.1), "south": train_metrics(0.9)},
+        },
+        "evaluate": {
+            "aggregate": site_metrics(0.75, 16) if evaluated else {},
+            "sites": {"north": site_metrics(0.5, 8), "south": site_metrics(1.0, 8)}
+            if evaluated
+            else {},
+        },
+        "rejected": [{"site": "mallory", "stage": "train", "reason": "contains NaN"}],
+        "failures": [],
+        "gradcam": {},
+    }
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> tuple[RunStore, FederationConfig]:
+    config = FederationConfig(
+        classes=CLASSES, num_server_rounds=2, prewarm_rounds=1, out_dir=str(tmp_path / "run")
+    )
+    store = RunStore(tmp_path / "run")
+    committer = RoundCommitter(config, store)
+    rng = np.random.default_rng(0)
+    samples = ReceivedSamples(
+        heatmaps=rng.integers(0, 256, (2, 32, 32), dtype=np.uint8),
+        images=rng.integers(0, 256, (2, 32, 32), dtype=np.uint8),
+        labels=[0, 1],
+        predictions=[0, 0],
+    )
+    for number, phase in ((1, "prewarm"), (2, "finetune")):
+        committer.record_round(record(number, phase), {"north": samples})
+    return store, config
+
+
+def test_summary_holds_final_metrics_resources_and_incidents(run) -> None:
+    store, config = run
+    summary = write_summary(store, config, store.read_rounds())
+    written = json.loads((store.run_dir / "summary.json").read_text())
+    assert written == summary
+    assert summary["rounds_completed"] == 2 and summary["final_round"] == 2
+    assert summary["federated"]["accuracy"] == 0.75 and summary["federated"]["auc"] is None
+    assert summary["resources"]["north"]["peak_memory_mb"] == 120.0
+    assert summary["resources"]["north"]["train_seconds"] == pytest.approx(4.0)
+    assert [item["round"] for item in summary["rejected"]] == [1, 2]
+
+
+def test_report_is_self_contained(run) -> None:
+    store, config = run
+    write_report(
+        store, config, store.read_rounds(), write_summary(store, config, store.read_rounds())
+    )
+    page = (store.run_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing fetched from outside
+    assert page.count("data:image/png;base64,") == 3 + 2  # plots + north's two samples
+    assert "mallory" in page and "true: pneumonia" in page
+
+
+def test_report_renders_in_headless_chromium(run, tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs the Debian package)")
+    store, config = run
+    write_report(
+        store, config, store.read_rounds(), write_summary(store, config, store.read_rounds())
+    )
+    probed = tmp_path / "probed.html"
+    page = (store.run_dir / "report.html").read_text()
+    probed.write_text(page.replace("</body>", PROBE + "</body>"))
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    rendered = re.search(r'data-rendered="(\d+)/(\d+)"', result.stdout)
+    assert rendered, f"chromium produced no DOM: {result.stderr[-500:]}"
+    assert rendered.group(1) == rendered.group(2) == "5"

@@ -1,0 +1,61 @@
+"""`hxr simulate` end to end through Flower's simulation engine (Ray actors as clinics)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hxr_cli.main import main
+from hxr_model.checkpoint import load_checkpoint
+
+
+def child_processes() -> list[int]:
+    """Live (non-zombie) processes whose parent is this test process."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                children.append(int(entry.name))
+    return children
+
+
+def test_simulate_trains_three_clinics_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    # Earlier tests may have left long-lived helpers (multiprocessing's resource tracker): only
+    # processes the simulation starts count.
+    already_running = set(child_processes())
+    out = tmp_path / "run"
+    arguments = ["simulate", "--data", "synthetic:72:3", "--sites", "3", "--rounds", "2"]
+    arguments += ["--prewarm-rounds", "1", "--image-size", "32", "--batch-size", "16"]
+    assert main([*arguments, "--cpus", "2", "--out", str(out)]) == 0
+
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["prewarm", "finetune"]
+    assert all(sorted(r["train"]["sites"]) == ["site-1", "site-2", "site-3"] for r in records)
+    final = records[-1]["evaluate"]["aggregate"]
+    assert 0.0 <= final["accuracy"] <= 1.0 and final["loss"] > 0
+    assert not records[-1]["rejected"] and not records[-1]["failures"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2 and set(summary["sites"]) == {
+        "site-1",
+        "site-2",
+        "site-3",
+    }
+    assert load_checkpoint(out / "global_model.pt").model_name == "hxr50"
+    assert len(list((out / "gradcam").rglob("*.png"))) >= 3
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 3
+    assert set(child_processes()) - already_running == set()
+
+
+def test_an_impossible_partition_fails_in_one_line_before_starting_clinics(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    arguments = ["simulate", "--data", "synthetic:40:2", "--sites", "3", "--image-size", "32"]
+    assert main([*arguments, "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hxr: error:") and "\n" not in error
+    assert not (tmp_path / "run").exists()
