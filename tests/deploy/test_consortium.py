@@ -239,9 +239,9 @@ def consortium(
                 "--ssl-keyfile",
                 str(certs.superlink_key),
                 "--enable-supernode-auth",
-                # State in memory, unlike docs/consortium.md: with a `--database` file, Flower's
-                # SQLite state failed requests with "database is locked" (its busy timeout is
-                # 5 s) when we ran this test on 2 cores at a load average of 12.
+                # State in memory, as in docs/consortium.md's rehearsal: with a `--database`
+                # file, Flower's SQLite state failed requests with "database is locked" (it waits
+                # 5 s for a lock) when we ran this test on 2 cores at a load average of 12.
                 "--disable-runtime-dependency-installation",
                 "--port",
                 str(port),
