@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser(
         "info", help="parameters, MACs and stage table of a model at a resolution"
     )
-    info.add_argument("model", choices=model_names(), metavar="MODEL", help=_models_help())
+    info.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(model_names())}")
     info.add_argument(
         "--resolution", type=int, default=224, help="input side in pixels (default 224)"
     )
@@ -71,7 +71,3 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print(format_results(results))
     return 0
-
-
-def _models_help() -> str:
-    return f"one of: {', '.join(model_names())}"

@@ -41,6 +41,7 @@ from hxr_model.profiling import (
     count_macs,
     count_parameters,
 )
+from hxr_model.runtime import resolve_device
 
 NUM_CLASSES = 2
 WARMUP_TRAIN_STEPS = 1
@@ -127,16 +128,8 @@ def run_benchmark(
             measured = trials[name]
             measured.train_images_per_s.append(trainers[name].images_per_s(config.train_steps))
             measured.peak_train_memory_mb.append(peak_training_memory_mb(name, config))
-            measured.infer_latency_ms.append(
-                inference_latency_ms(
-                    inference[name], config.resolution, config.latency_runs, device, config
-                )
-            )
-            measured.infer_images_per_s.append(
-                inference_images_per_s(
-                    inference[name], config.resolution, config.infer_batch_size, device, config
-                )
-            )
+            measured.infer_latency_ms.append(_latency_ms(inference[name], config, device))
+            measured.infer_images_per_s.append(_images_per_s(inference[name], config, device))
     return [_summarise(name, trainers[name].model, trials[name], config) for name in config.models]
 
 
@@ -145,23 +138,6 @@ def peak_training_memory_mb(name: str, config: BenchConfig) -> float:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(_measure_training_memory_in_child, name, config).result()
-
-
-def inference_latency_ms(
-    model: nn.Module, resolution: int, runs: int, device: torch.device, config: BenchConfig
-) -> float:
-    """Median wall time of single-image forward passes."""
-    image = torch.rand(1, 1, resolution, resolution, device=device)
-    times = _time_inference(model, image, runs, config)
-    return statistics.median(times) * 1000
-
-
-def inference_images_per_s(
-    model: nn.Module, resolution: int, batch_size: int, device: torch.device, config: BenchConfig
-) -> float:
-    batch = torch.rand(batch_size, 1, resolution, resolution, device=device)
-    times = _time_inference(model, batch, INFER_THROUGHPUT_RUNS, config)
-    return batch_size / statistics.median(times)
 
 
 def format_results(results: list[BenchResult]) -> str:
@@ -213,8 +189,8 @@ class _Trainer:
         torch.manual_seed(0)
         self.model = build_model(name, NUM_CLASSES).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters())
-        self.images = torch.rand(config.batch_size, 1, config.resolution, config.resolution)
-        self.images = self.images.to(device)
+        size = (config.batch_size, 1, config.resolution, config.resolution)
+        self.images = torch.rand(size, device=device)
         self.labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), device=device)
         self.config = config
         self.device = device
@@ -278,6 +254,19 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     return prepared.to(memory_format=torch.channels_last)
 
 
+def _latency_ms(model: nn.Module, config: BenchConfig, device: torch.device) -> float:
+    """Median wall time of single-image forward passes."""
+    image = torch.rand(1, 1, config.resolution, config.resolution, device=device)
+    return statistics.median(_time_inference(model, image, config.latency_runs, config)) * 1000
+
+
+def _images_per_s(model: nn.Module, config: BenchConfig, device: torch.device) -> float:
+    size = (config.infer_batch_size, 1, config.resolution, config.resolution)
+    batch = torch.rand(size, device=device)
+    times = _time_inference(model, batch, INFER_THROUGHPUT_RUNS, config)
+    return config.infer_batch_size / statistics.median(times)
+
+
 def _time_inference(
     model: nn.Module, batch: torch.Tensor, runs: int, config: BenchConfig
 ) -> list[float]:
@@ -314,9 +303,10 @@ def _summarise(name: str, model: nn.Module, trials: _Trials, config: BenchConfig
 
 
 def _resolve_device(name: Device) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available on this machine")
-    return torch.device(name)
+    try:
+        return resolve_device(name)
+    except ValueError as error:
+        raise ConfigError(f"--device {name}: {error}") from error
 
 
 def _autocast(device: torch.device, precision: Precision) -> AbstractContextManager[object]:

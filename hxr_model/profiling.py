@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from hxr_model.errors import ConfigError
-from hxr_model.models import RadiographClassifier, build_model
+from hxr_model.models import RadiographClassifier, build_model, model_names
 
 BYTES_PER_MB = 1024**2
 # Input sides every registered model accepts (square, single channel).
@@ -136,6 +136,8 @@ def check_resolution(resolution: int) -> None:
 
 
 def profile_model(name: str, resolution: int, num_classes: int = 2) -> ModelProfile:
+    if name not in model_names():
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
     check_resolution(resolution)
     model = build_model(name, num_classes)
     return ModelProfile(

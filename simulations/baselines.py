@@ -105,10 +105,12 @@ def compare_baselines(
     identity = np.arange(len(class_names))
     pooled_train = FederationLabels(splits.train, identity, class_names)
     pooled_val = FederationLabels(splits.val, identity, class_names)
+    print("baseline: one model on all clinics' images ...", flush=True)
     centralized = train_baseline(pooled_train, pooled_val, settings)
     results: dict[str, dict[str, dict]] = {"centralized": {}, "local-only": {}}
     for name, data in sorted(sites.items()):
         results["centralized"][name] = _scores(centralized, data.evaluation, settings.device)
+        print(f"baseline: {name} alone ...", flush=True)
         local = train_baseline(data.train, data.val, settings)
         results["local-only"][name] = _scores(local, data.evaluation, settings.device)
     for table in results.values():

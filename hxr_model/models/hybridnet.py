@@ -32,6 +32,9 @@ class StageSpec:
 
 STEM_CHANNELS = 32
 STEM_PATCH = 4
+# The stem's ReLU can pass a whole 4 x 4 patch on only with 2 channels per pixel
+# (x = relu(x) - relu(-x)); thinner stems lost accuracy at 28 px (docs/benchmarks.md).
+MIN_STEM_CHANNELS = 2 * STEM_PATCH**2
 # Resolution after the stem and each stage at 224 px input: 56 | 28, 14, 7, 7.
 STAGE_TABLE: tuple[StageSpec, ...] = (
     StageSpec(channels=32, blocks=1, stride=2, expansion=2),
@@ -113,7 +116,7 @@ class HybridNetXREncoder(nn.Module):
 
     def __init__(self, width: float, stage_table: tuple[StageSpec, ...] = STAGE_TABLE) -> None:
         super().__init__()
-        channels = make_divisible(STEM_CHANNELS * width)
+        channels = max(make_divisible(STEM_CHANNELS * width), MIN_STEM_CHANNELS)
         # Conv -> norm -> activation, laid out like the Conv2dNormActivation layers elsewhere.
         self.stem = nn.Sequential(
             nn.Sequential(

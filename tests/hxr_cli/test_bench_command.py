@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hxr_cli.main import main
 from hxr_model.models import build_model
 from hxr_model.profiling import count_macs
@@ -29,10 +31,14 @@ def test_info_prints_parameters_macs_and_stage_table(capsys) -> None:
     assert table[-1].startswith("head")
 
 
-def test_info_rejects_out_of_range_resolution_in_one_line(capsys) -> None:
-    assert main(["info", "hxr50", "--resolution", "16"]) == 2
+@pytest.mark.parametrize(
+    "argv, problem",
+    [(["info", "hxr50", "--resolution", "16"], "resolution"), (["info", "hxr999"], "hxr999")],
+)
+def test_info_user_errors_are_one_line(argv: list[str], problem: str, capsys) -> None:
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("hxr: error:") and "resolution" in err and len(err.splitlines()) == 1
+    assert err.startswith("hxr: error:") and problem in err and len(err.splitlines()) == 1
 
 
 def test_bench_json_has_the_contract_keys(capsys) -> None:
