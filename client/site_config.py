@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hxr_model.data.refs import anchor_ref
 from hxr_model.errors import ConfigError
 
 PrivacyPolicy = Literal["none", "heatmap", "overlay"]
@@ -68,14 +69,15 @@ def validate_site_config(values: Mapping[str, Any], source: str) -> SiteConfig:
 
 
 def load_site_config(path: Path) -> SiteConfig:
-    """Read and validate a site TOML file."""
+    """Read and validate a site TOML file; a relative data path is read from the file's folder."""
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"site config {path} does not exist") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"site config {path} is not readable TOML: {error}") from None
-    return validate_site_config(values, str(path))
+    site = validate_site_config(values, str(path))
+    return site.model_copy(update={"data": anchor_ref(site.data, path.resolve().parent)})
 
 
 def parse_label_map(text: str) -> dict[str, str]:

@@ -173,7 +173,14 @@ def run_train(args: argparse.Namespace) -> int:
     distill_config = None if args.distill_from is None else DistillConfig(teacher=args.distill_from)
     outcome = fit(args.model, splits, train_config, prewarm_config, distill_config)
     model, result = outcome.model, outcome.result
-    report = {"data": args.data, "image_size": image_size, **outcome.report}
+    report = {
+        "data": args.data,
+        "image_size": image_size,
+        # Over all phases, so runs with and without pre-warming or a teacher compare directly.
+        "peak_memory_mb": outcome.peak_memory_mb,
+        "seconds": outcome.seconds,
+        **outcome.report,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         args.out / "model.pt",

@@ -12,6 +12,8 @@ from hxr_model.errors import DataError
 
 REF_FORMS = "medmnist:PATH, pneumoniamnist, folder:DIR, csv:FILE or synthetic[:N[:SITES]]"
 DEFAULT_IMAGE_SIZE = 64
+# The reference forms whose argument is a file or folder.
+PATH_KINDS = ("medmnist", "folder", "csv")
 
 
 def default_image_size(ref: str, cache_dir: Path) -> int:
@@ -33,10 +35,20 @@ def open_catalog(ref: str, image_size: int, cache_dir: Path) -> Catalog:
         return list_synthetic(count, sites, image_size)
     if ref == "pneumoniamnist":
         return list_medmnist(pneumoniamnist_path(cache_dir))
-    listers = {"medmnist": list_medmnist, "folder": list_folder, "csv": list_manifest}
+    listers = dict(zip(PATH_KINDS, (list_medmnist, list_folder, list_manifest), strict=True))
     if kind not in listers or not argument:
         raise DataError(f"unknown data reference '{ref}': use {REF_FORMS}")
     return listers[kind](Path(argument).expanduser())
+
+
+def anchor_ref(ref: str, base: Path) -> str:
+    """`ref` with a relative file path read from `base`: a site TOML's `folder:xr` means the
+    `xr` beside the TOML, wherever the client process happens to run."""
+    kind, _, argument = ref.partition(":")
+    if kind not in PATH_KINDS or not argument:
+        return ref
+    path = Path(argument).expanduser()
+    return ref if path.is_absolute() else f"{kind}:{base / path}"
 
 
 def _synthetic_arguments(ref: str, argument: str) -> tuple[int, int | None]:

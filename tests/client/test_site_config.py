@@ -101,3 +101,21 @@ def test_label_maps_must_be_pairs() -> None:
     assert parse_label_map("a=b,,c = d") == {"a": "b", "c": "d"}
     with pytest.raises(ConfigError, match="'label-map'"):
         parse_label_map("a=b,c")
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ("folder:xr", "folder:{base}/xr"),
+        ("csv:../exports/manifest.csv", "csv:{base}/../exports/manifest.csv"),
+        ("medmnist:/srv/pneumoniamnist.npz", "medmnist:/srv/pneumoniamnist.npz"),
+        ("synthetic:40", "synthetic:40"),
+        ("pneumoniamnist", "pneumoniamnist"),
+    ],
+)
+def test_relative_data_paths_are_read_from_the_site_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: str, expected: str
+) -> None:
+    path = write(tmp_path, f'name = "a"\ndata = "{data}"\n')
+    monkeypatch.chdir("/")
+    assert load_site_config(path).data == expected.format(base=tmp_path.resolve())

@@ -43,6 +43,9 @@ def test_train_writes_checkpoint_and_validation_metrics(trained) -> None:
     assert report["model"] == "hxr50" and report["prewarm"]["epochs"] == 1
     assert report["validation"]["n"] == 32
     assert 0 <= report["validation"]["accuracy"] <= 1
+    phases = (report["prewarm"], report["training"])
+    assert report["peak_memory_mb"] == max(phase["peak_memory_mb"] for phase in phases)
+    assert report["seconds"] == pytest.approx(sum(phase["seconds"] for phase in phases))
 
 
 def test_evaluate_prints_one_json_object_matching_training(trained, capsys) -> None:
