@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hxr_model.data.refs import anchor_ref
-from hxr_model.errors import ConfigError
+from hxr_model.errors import ConfigError, describe_validation_error
 
 PrivacyPolicy = Literal["none", "heatmap", "overlay"]
 
@@ -38,6 +38,12 @@ class SitePartition(BaseModel):
     index: int = Field(ge=0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _index_is_a_site(self) -> SitePartition:
+        if self.index >= self.num_sites:
+            raise ValueError(f"index {self.index} is not below num_sites {self.num_sites}")
+        return self
+
 
 class SiteConfig(BaseModel):
     """Everything a clinic decides for itself; the server never sees the data reference."""
@@ -54,27 +60,24 @@ class SiteConfig(BaseModel):
     partition: SitePartition | None = None
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(root)"
-    return f"{source}: invalid value for '{field}': {first['msg']}"
-
-
 def validate_site_config(values: Mapping[str, Any], source: str) -> SiteConfig:
     """Validate raw settings; `source` names where they came from in the error message."""
     try:
         return SiteConfig.model_validate(dict(values))
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
 
 
 def load_site_config(path: Path) -> SiteConfig:
     """Read and validate a site TOML file; a relative data path is read from the file's folder."""
     try:
+        path = path.expanduser()
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"site config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+    # ValueError: undecodable text, bad TOML, a NUL in the path; RuntimeError: `~user` with no
+    # such user, and tomllib's RecursionError on absurdly deep nesting.
+    except (OSError, ValueError, RuntimeError) as error:
         raise ConfigError(f"site config {path} is not readable TOML: {error}") from None
     site = validate_site_config(values, str(path))
     return site.model_copy(update={"data": anchor_ref(site.data, path.resolve().parent)})
@@ -135,7 +138,7 @@ def site_from_node_config(
 ) -> SiteConfig:
     """Resolve a node's site: site TOML, key-values, or (simulation) a partition of `data`."""
     if SITE_CONFIG_KEY in node_config:
-        return load_site_config(Path(str(node_config[SITE_CONFIG_KEY])).expanduser())
+        return load_site_config(Path(str(node_config[SITE_CONFIG_KEY])))
     if set(node_config) - {PARTITION_ID_KEY, NUM_PARTITIONS_KEY}:
         return _from_key_values(node_config)
     if PARTITION_ID_KEY in node_config and NUM_PARTITIONS_KEY in node_config:

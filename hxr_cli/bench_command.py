@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from hxr_cli.model_commands import parse_device
 from hxr_model.benchmark import BenchConfig, format_results, run_benchmark
 from hxr_model.models import model_names
 from hxr_model.profiling import format_profile, profile_model
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--resolution", type=int, default=224, help="input side (default 224)")
     bench.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
-    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    bench.add_argument("--device", type=parse_device, choices=("cpu", "cuda"), default="cpu")
     bench.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     bench.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     bench.add_argument("--trials", type=int, default=3, help="interleaved trials (default 3)")

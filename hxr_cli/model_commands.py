@@ -26,6 +26,7 @@ from hxr_model.metrics import predict as predict_classes
 from hxr_model.models import model_names
 from hxr_model.prewarm import PrewarmConfig
 from hxr_model.recipe import fit
+from hxr_model.runtime import resolve_device
 from hxr_model.training import Imbalance, Monitor, TrainConfig, evaluate_classifier
 
 DEFAULT_DATA = "synthetic:1200"
@@ -73,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train TEACHER first, then distil it into --model (teacher-led baseline)",
     )
     train.add_argument("--max-memory-mb", type=float, default=None)
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--device", default="auto", type=parse_device, help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--out", type=Path, required=True, help="folder for model.pt, metrics.json")
@@ -87,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=None, help="split seed (default: the one used in training)"
     )
     evaluate.set_defaults(resize=None)
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", type=parse_device)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -97,6 +98,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--gradcam", type=Path, default=None, metavar="OUTDIR")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.set_defaults(handler=run_predict)
+
+
+def parse_device(text: str) -> str:
+    """Refuse a device torch does not know, or CUDA on a machine without it, before any data
+    is read; training would otherwise fail after minutes with torch's own error."""
+    try:
+        resolve_device(text)
+    except (ValueError, RuntimeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:

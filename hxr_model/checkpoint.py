@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hxr_model.errors import CheckpointError
+from hxr_model.errors import CheckpointError, describe_validation_error
 from hxr_model.models import MODELS, RadiographClassifier, build_model
 
 FORMAT = "hybridnet-xr-checkpoint"
@@ -145,10 +145,8 @@ def _config(path: Path, payload: Any) -> ModelConfig:
     try:
         return ModelConfig.model_validate(payload.get("config"))
     except ValidationError as error:
-        first = error.errors()[0]
-        where = "".join(f"{part}: " for part in first["loc"])
-        problem = first["msg"].removeprefix("Value error, ")
-        raise CheckpointError(f"{path}: invalid model config: {where}{problem}") from None
+        problem = describe_validation_error(error)
+        raise CheckpointError(f"{path}: model config: {problem}") from None
 
 
 def _check_weights(path: Path, model: RadiographClassifier, state: Any) -> None:

@@ -2,8 +2,9 @@
 
 Training memory is parameters + gradients + optimiser state (fixed) plus the activations autograd
 keeps for the backward pass (linear in batch size). Activations are counted exactly with
-`saved_tensors_hooks` on probe forwards of batch 1 and 2, which works the same on CPU and CUDA and
-needs no trial-and-error runs that could themselves exceed the budget.
+`saved_tensors_hooks` on probe forwards of batch 2 and 3 (BatchNorm refuses a batch of one once
+a stage's map is 1 x 1, as at 28 px), which works the same on CPU and CUDA and needs no
+trial-and-error runs that could themselves exceed the budget.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PARAMETER_COPIES = 4
 # saved-activation estimate at batch 64; 2.0 keeps the chosen batch inside the budget.
 SAFETY_FACTOR = 2.0
 MEGABYTE = 1024 * 1024
+MIN_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,10 @@ def estimate_training_memory(
     parameters = list(model.parameters())
     parameter_bytes = sum(p.numel() * p.element_size() for p in parameters)
     skip = {p.untyped_storage().data_ptr() for p in parameters}
-    one = _saved_activation_bytes(forward, 1, skip)
     two = _saved_activation_bytes(forward, 2, skip)
-    per_image = max(two - one, 1)
-    fixed = PARAMETER_COPIES * parameter_bytes + max(one - per_image, 0)
+    three = _saved_activation_bytes(forward, 3, skip)
+    per_image = max(three - two, 1)
+    fixed = PARAMETER_COPIES * parameter_bytes + max(two - 2 * per_image, 0)
     return MemoryEstimate(fixed_mb=fixed / MEGABYTE, per_image_mb=per_image / MEGABYTE)
 
 
@@ -74,9 +76,10 @@ def batch_size_for_budget(
     """Largest batch size (at most `upper_limit`) whose estimated peak fits `budget_mb`."""
     estimate = estimate_training_memory(model, forward)
     batch_size = estimate.largest_batch(budget_mb, upper_limit)
-    if batch_size < 1:
+    if batch_size < MIN_BATCH:
         raise ConfigError(
             f"a memory budget of {budget_mb:.0f} MB is too small: this model needs about "
-            f"{estimate.peak_mb(1):.0f} MB to train on a single image"
+            f"{estimate.peak_mb(MIN_BATCH):.0f} MB to train on a batch of {MIN_BATCH} images "
+            "(BatchNorm needs at least two)"
         )
     return batch_size

@@ -41,6 +41,7 @@ class ImageCache:
 
     def __init__(self, root: Path, image_size: int, resize: str) -> None:
         self.directory = root / f"images-v{CACHE_FORMAT}" / f"{image_size}px-{resize}"
+        self.image_size = image_size
         self._index: dict[str, tuple[np.ndarray, int, str]] | None = None
         self._pending: list[tuple[str, np.ndarray, str]] = []
         self.writable = True
@@ -59,9 +60,9 @@ class ImageCache:
                 shard = json.loads(manifest.read_text())
                 images = np.load(manifest.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
                 keys, hashes = shard["keys"], shard["pixel_hashes"]
-                if images.shape[0] != len(keys) or len(hashes) != len(keys):
-                    continue
             except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not _is_complete(images, keys, hashes, self.image_size):
                 continue
             index.update(
                 (key, (images, row, pixel_hash))
@@ -91,6 +92,18 @@ class ImageCache:
             warnings.warn(
                 f"image cache disabled, cannot write {self.directory}: {error}", stacklevel=2
             )
+
+
+def _is_complete(images: np.ndarray, keys: object, hashes: object, image_size: int) -> bool:
+    """A shard damaged on disk (or written by other code) must not hand out wrong images."""
+    return (
+        isinstance(keys, list)
+        and isinstance(hashes, list)
+        and images.dtype == np.uint8
+        and images.shape == (len(keys), image_size, image_size)
+        and len(hashes) == len(keys)
+        and all(isinstance(item, str) for item in (*keys, *hashes))
+    )
 
 
 def _write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -36,9 +36,10 @@ def decode_image_bytes(data: bytes, name: str = "") -> np.ndarray:
     has_preamble = data[128:132] == b"DICM"
     try:
         if has_preamble or name.lower().endswith(DICOM_SUFFIXES):
-            # pydicom warns about every non-conformant value (common in clinic exports); whether
-            # the pixels decode is what matters, and that becomes an ImageProblem if not.
-            with warnings.catch_warnings():
+            # pydicom warns about every non-conformant value (common in clinic exports), numpy
+            # about overflowing rescales; whether usable grey levels come out is what matters,
+            # and that becomes an ImageProblem if not.
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", UserWarning)
                 return _decode_dicom(data, force=not has_preamble)
         return _decode_pillow(data)
@@ -92,14 +93,24 @@ def _decode_dicom(data: bytes, force: bool) -> np.ndarray:
     if "PixelData" not in dataset:
         raise ImageProblem("no-pixel-data", "DICOM file has no pixel data")
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    _check_geometry(int(dataset.Columns), int(dataset.Rows) * frames)
+    if frames < 1:
+        raise ImageProblem("corrupt", f"DICOM header declares {frames} frames")
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    _check_geometry(columns, rows * frames)
     if frames != 1:
         raise ImageProblem("unsupported", f"multi-frame DICOM ({frames} frames), not a radiograph")
     if int(dataset.get("SamplesPerPixel", 1)) != 1:
         raise ImageProblem(
             "unsupported", f"colour DICOM ({dataset.PhotometricInterpretation}), not a radiograph"
         )
-    values = apply_modality_lut(dataset.pixel_array, dataset)
+    pixels = dataset.pixel_array
+    if pixels.shape != (rows, columns):
+        raise ImageProblem(
+            "corrupt",
+            f"DICOM pixel data decodes to shape {list(pixels.shape)}, the header declares "
+            f"{rows}x{columns}",
+        )
+    values = apply_modality_lut(pixels, dataset)
     if "VOILUTSequence" in dataset:
         # A VOI LUT is indexed by integer stored values; pydicom warns on float input.
         values = apply_voi_lut(np.rint(values).astype(np.int64), dataset)
@@ -110,6 +121,9 @@ def _decode_dicom(data: bytes, force: bool) -> np.ndarray:
     else:
         low, high = float(values.min()), float(values.max())
     grey = _rescale(np.asarray(values, dtype=np.float64), low, high)
+    if not np.isfinite(grey).all():
+        # NaN or infinite rescale slope, intercept or window: no grey level is meaningful.
+        raise ImageProblem("corrupt", "DICOM rescale or window values give non-finite grey levels")
     if dataset.PhotometricInterpretation == "MONOCHROME1":
         grey = 1.0 - grey
     return grey.astype(np.float32)

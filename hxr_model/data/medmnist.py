@@ -25,16 +25,25 @@ PNEUMONIAMNIST_MD5 = "28209eda62fecd6e6a2d98b1501bb15f"
 DOWNLOAD_TIMEOUT_S = 10
 # Class names the MedMNIST INFO table gives, by file-name prefix; other sets get "0", "1", ...
 KNOWN_CLASS_NAMES = {"pneumoniamnist": ("normal", "pneumonia")}
+# Class names are made for 0..max label; a stray huge label must not make a billion of them.
+MAX_CLASSES = 1000
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def list_medmnist(path: Path) -> Catalog:
     if not path.is_file():
         raise DataError(f"medmnist:{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle and blame "object data" for any non-archive.
+        raise DataError(
+            f"medmnist:{path}: not a .npz archive (corrupt, truncated or another format)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except Exception as error:
+        # A damaged archive makes zipfile, zlib and numpy raise almost anything (BadZipFile,
+        # zlib.error, RuntimeError for encrypted members, NotImplementedError, EOFError, ...).
         raise DataError(f"medmnist:{path}: not a readable .npz file: {error}") from None
     splits = [split for split in SPLITS if f"{split}_images" in arrays]
     if not splits:
@@ -67,15 +76,25 @@ def _split_arrays(
             "only single-label classification sets are supported"
         )
     labels = labels.reshape(-1)
-    if images.ndim == 4 and images.shape[-1] == 3:
+    if images.ndim == 4 and images.shape[-1] == 3 and images.dtype == np.uint8:
         images = np.round(images @ _LUMA).astype(np.uint8)
-    if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels):
+    if (
+        images.ndim != 3
+        or images.dtype != np.uint8
+        or len(images) != len(labels)
+        or 0 in images.shape[1:]
+    ):
         raise DataError(
             f"medmnist:{path}: {split}_images must be uint8 [N,H,W] matching {len(labels)} labels, "
             f"got {images.dtype} {list(images.shape)}"
         )
     if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
         raise DataError(f"medmnist:{path}: {split}_labels must be non-negative integers")
+    if labels.size and labels.max() >= MAX_CLASSES:
+        raise DataError(
+            f"medmnist:{path}: {split}_labels holds label {labels.max()}; at most "
+            f"{MAX_CLASSES} classes (labels 0-{MAX_CLASSES - 1}) are supported"
+        )
     return images, labels.astype(np.int64)
 
 

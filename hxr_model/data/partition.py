@@ -15,7 +15,7 @@ import numpy as np
 
 from hxr_model.data.catalog import natural_key
 from hxr_model.data.dataset import RadiographDataset
-from hxr_model.data.splits import group_labels, join_groups, patient_groups
+from hxr_model.data.splits import check_seed, group_labels, join_groups, patient_groups
 from hxr_model.data.tables import format_table
 from hxr_model.errors import ConfigError, DataError
 
@@ -31,6 +31,7 @@ def partition(
     empty (or below MIN) and ConfigError for a scheme it cannot parse."""
     if num_sites < 1:
         raise ConfigError(f"number of sites must be at least 1, got {num_sites}")
+    check_seed(seed)
     groups = patient_groups(dataset)
     labels = group_labels(dataset, groups)
     kind, _, argument = scheme.partition(":")

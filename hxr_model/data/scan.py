@@ -7,6 +7,7 @@ reports them), so training can never accept a file the check would have flagged.
 from __future__ import annotations
 
 import hashlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,19 +129,34 @@ def _load(
 
 
 def _read(path: Path) -> bytes:
+    """A manifest may name anything: a FIFO would block `open` forever and a device or /proc
+    file (size 0) would be read without end, so only regular files are opened, and no more
+    than the limit is ever read."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageProblem(
-                "too-large",
-                f"file is {size / 2**20:.0f} MiB, over the "
-                f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit for one radiograph",
-            )
-        return path.read_bytes()
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageProblem("unreadable", "not a regular file")
+        if status.st_size > MAX_FILE_BYTES:
+            raise _too_large(status.st_size)
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageProblem("missing", "file not found") from None
     except OSError as error:
         raise ImageProblem("unreadable", f"cannot read file: {error.strerror}") from None
+    except ValueError as error:  # a NUL byte in a manifest path
+        raise ImageProblem("unreadable", f"invalid file path: {error}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _too_large(len(data))
+    return data
+
+
+def _too_large(size: int) -> ImageProblem:
+    return ImageProblem(
+        "too-large",
+        f"file is {size / 2**20:.0f} MiB or more, over the "
+        f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit for one radiograph",
+    )
 
 
 def _pixel_hash(pixels: np.ndarray) -> str:

@@ -14,6 +14,9 @@ from hxr_model.data.resizing import ResizeMode
 from hxr_model.data.scan import scan
 from hxr_model.errors import ConfigError, DataError
 
+# One seed drives numpy (any non-negative integer) and torch (below 2**64) alike.
+MAX_SEED = 2**64 - 1
+
 
 @dataclass
 class DataSplits:
@@ -48,6 +51,7 @@ def load_splits(
     missing test split stays None. Bad files raise DataError listing each one, unless
     `skip_bad`, which leaves them out and lists them in `skipped`.
     """
+    check_seed(seed)
     if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
         raise ConfigError(
             f"val and test fractions must be >= 0 and sum below 1, got {val_fraction} and "
@@ -80,6 +84,13 @@ def load_splits(
         skipped=result.problems,
         warnings=result.warnings,
     )
+
+
+def check_seed(seed: int) -> None:
+    """numpy refuses negative seeds and torch ones past 64 bits, deep inside a run; say so
+    first, naming the value."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
 
 
 def patient_groups(dataset: RadiographDataset) -> list[np.ndarray]:

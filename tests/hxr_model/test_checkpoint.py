@@ -137,7 +137,7 @@ def test_invalid_config_names_the_field(tmp_path: Path) -> None:
     content = payload(path)
     content["config"]["class_names"] = ["only-one"]
     torch.save(content, path)
-    expect_error(path, "invalid model config: .*1 class names for 2 classes")
+    expect_error(path, "model config: .*1 class names for 2 classes")
 
 
 def test_unknown_model_name(tmp_path: Path) -> None:

@@ -106,6 +106,14 @@ def test_memory_budget_picks_the_largest_batch_that_fits() -> None:
         choose_batch_size(model, 64, too_small, torch.device("cpu"))
 
 
+def test_memory_budget_works_where_the_last_stage_is_one_pixel() -> None:
+    """At MedMNIST's 28 px the last stages run on 1 x 1 maps, where BatchNorm in training mode
+    refuses a batch of one: the probe batches must not be that small."""
+    model = build_model("hxr50", 2)
+    config = TrainConfig(batch_size=64, max_memory_mb=4096, **QUIET)
+    assert choose_batch_size(model, 28, config, torch.device("cpu")) == 64
+
+
 def test_measured_training_peak_stays_within_the_budget() -> None:
     model = build_model("hxr100", 2)
     budget_mb = 150.0
