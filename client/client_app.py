@@ -13,7 +13,9 @@ from logging import ERROR, INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common.logger import log
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.gradcam_samples import GradcamSamples
 from client.instructions import (
@@ -59,6 +61,15 @@ def keep_details_local(message: Message, context: Context, call_next: Handler) -
     except Exception as error:
         log(ERROR, "%s failed: %s", message.metadata.message_type, error)
         raise SiteFailure(f"{type(error).__name__} at the site (details in its log)") from None
+
+
+def clip_when_asked(message: Message, context: Context, call_next: Handler) -> Message:
+    """Flower mod for training rounds. Under differential privacy the server's strategy sends a
+    clipping norm, and Flower's `fixedclipping_mod` bounds this site's update (weights and
+    BatchNorm statistics together) to it before it leaves; without one the round is plain."""
+    if KEY_CLIPPING_NORM in message.content[CONFIG_KEY]:
+        return fixedclipping_mod(message, context, call_next)
+    return call_next(message, context)
 
 
 def node_site(context: Context) -> SiteConfig:
@@ -117,7 +128,7 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
     """A ClientApp whose nodes find their site configuration with `resolve_site`."""
     app = ClientApp(mods=[keep_details_local])
 
-    @app.train()
+    @app.train(mods=[clip_when_asked])
     def train(message: Message, context: Context) -> Message:
         site, instructions, data = _prepare(message, context, resolve_site)
         state = from_record(message.content[ARRAYS_KEY])

@@ -14,7 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import get_args
 
-from hxr_model.data.refs import REF_FORMS
+from hxr_cli.model_commands import parse_device
+from hxr_model.data.cache import default_cache_dir
+from hxr_model.data.refs import REF_FORMS, default_image_size
 from hxr_model.errors import ConfigError
 from hxr_model.models import model_names
 
@@ -68,7 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", default=default["model"], choices=model_names(), help="model variant"
     )
     parser.add_argument(
-        "--image-size", type=int, default=default["image_size"], help="images are S x S px"
+        "--image-size",
+        type=int,
+        default=None,
+        help=f"images are S x S px (default: a MedMNIST file's own size, else "
+        f"{default['image_size']})",
     )
     parser.add_argument(
         "--batch-size", type=int, default=default["batch_size"], help="local batch size"
@@ -98,13 +104,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=default["seed"], help="seeds everything")
     parser.add_argument("--cpus", type=int, default=None, help="cores for the clinics")
     parser.add_argument(
-        "--device", default=default["device"], choices=["auto", "cpu", "cuda"], help="torch device"
+        "--device",
+        default=default["device"],
+        type=parse_device,
+        choices=["auto", "cpu", "cuda"],
+        help="torch device",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/sim-<time>)"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out after its last round"
+    )
+    parser.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=default["dp_noise_multiplier"],
+        help="client-level differential privacy: noise std over clipping norm (0 = off)",
+    )
+    parser.add_argument(
+        "--dp-clipping-norm",
+        type=float,
+        default=default["dp_clipping_norm"],
+        help="under DP, each clinic's update is clipped to this L2 norm",
+    )
+    parser.add_argument(
+        "--dp-delta",
+        type=float,
+        default=default["dp_delta"],
+        help="under DP, the delta at which the summary reports epsilon",
     )
     parser.add_argument(
         "--baselines",
@@ -130,7 +158,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         local_epochs=args.local_epochs,
         prewarm_epochs=args.prewarm_epochs,
         model=args.model,
-        image_size=args.image_size,
+        image_size=args.image_size or default_image_size(args.data, default_cache_dir()),
         batch_size=args.batch_size,
         learning_rate=args.lr,
         strategy=args.strategy,
@@ -142,6 +170,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         device=args.device,
         out=out,
         resume=args.resume,
+        dp_noise_multiplier=args.dp_noise_multiplier,
+        dp_clipping_norm=args.dp_clipping_norm,
+        dp_delta=args.dp_delta,
     )
     try:
         run_dir = simulate(settings)
@@ -163,6 +194,12 @@ def run_simulate(args: argparse.Namespace) -> int:
             f"federated model on all clinics' test splits: accuracy "
             f"{_percent(federated.get('accuracy'))}, balanced accuracy "
             f"{_percent(federated.get('balanced-accuracy'))}"
+        )
+    privacy = summary.get("differential_privacy")
+    if privacy:
+        print(
+            f"differential privacy: epsilon {privacy['epsilon']:.3g} at delta "
+            f"{privacy['delta']:g} per clinic over {privacy['rounds']} round(s)"
         )
     for name, table in summary.get("baselines", {}).items():
         overall = table.get(ALL_SITES, {})

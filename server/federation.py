@@ -39,6 +39,9 @@ FINGERPRINT_FIELDS = (
     "seed",
     "data",
     "partition",
+    # A resumed run's epsilon adds up the earlier rounds' releases: their noise must match.
+    "dp_noise_multiplier",
+    "dp_clipping_norm",
 )
 
 

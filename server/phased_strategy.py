@@ -11,6 +11,13 @@ global state (classifier + SimCLR projection head) and, per round:
 - records per-site metrics, rejections, failures and Grad-CAM samples, and commits the round
   through `RunStore` from `start`'s end-of-round hook (`evaluate_fn`).
 
+A site that fails, or stays silent past the round timeout, loses its update for that round; the
+round goes on with the others' replies, and its record names the site and the reason. A site is
+named by the name it replies with, else by the name the coordinator registered its SuperNode
+under (`flwr supernode register --name`), so a site that never replied is named too. Each record
+also holds digests of the global weights the round started from and ended with: every round,
+also across a restart, must start from where the one before ended.
+
 Each phase has its own Flower strategy instance, because adaptive server optimisers (FedAdam)
 keep moments per weight name and the phases exchange different names. Rounds are numbered
 globally (`first_round` after a resume), so schedules and FedAdam's bias correction continue.
@@ -49,9 +56,11 @@ from client.instructions import (
 from client.model_state import from_record, phase_state, to_record
 from client.site_config import SITE_NAME_PATTERN
 from server.batchnorm_statistics import pool_statistics
+from server.differential_privacy import add_differential_privacy, clipping_bound
 from server.gallery import ReceivedSamples, parse_samples
 from server.metric_aggregation import aggregate_metric_records
 from server.run_config import FederationConfig
+from server.run_store import weights_digest
 from server.update_validation import UpdateRejected, check_metrics, check_update
 
 PHASES: tuple[Phase, ...] = ("prewarm", "finetune")
@@ -121,7 +130,9 @@ class PhasedStrategy(Strategy):
         self.config = config
         self.on_round_end = on_round_end
         self.first_round = first_round
-        self.inner: dict[Phase, FedAvg] = {phase: make_flower_strategy(config) for phase in PHASES}
+        self.inner: dict[Phase, Strategy] = add_differential_privacy(
+            {phase: make_flower_strategy(config) for phase in PHASES}, config
+        )
         for phase, slots in (optimiser_state or {}).items():
             for slot, arrays in slots.items():
                 setattr(self.inner[phase], slot, {k: np.array(v) for k, v in arrays.items()})
@@ -130,6 +141,8 @@ class PhasedStrategy(Strategy):
         self.record: dict[str, Any] = {}
         self.samples: dict[str, ReceivedSamples] = {}
         self.site_of_node: dict[int, str] = {}
+        self.registered_names: dict[int, str] = {}
+        self.outgoing: list[Message] = []
         self.awaited: set[int] = set()
         self.trained_nodes: list[int] = []
         self.round_started = 0.0
@@ -152,6 +165,7 @@ class PhasedStrategy(Strategy):
             "failures": [],
             "gradcam": {},
             "statistics": [],
+            "weights_sha256": {},
         }
 
     def _note(self, kind: str, stage: str, site: str, reason: str) -> None:
@@ -186,10 +200,35 @@ class PhasedStrategy(Strategy):
         while len(list(grid.get_node_ids())) < self.config.min_nodes:
             time.sleep(NODE_WAIT_S)
 
+    def _note_registered_names(self, grid: Grid) -> None:
+        """The SuperNode names the coordinator registered (empty in simulations)."""
+        for node in grid.get_nodes():
+            if re.fullmatch(SITE_NAME_PATTERN, node.name):
+                self.registered_names[node.node_id] = node.name
+
+    def _site(self, node: int) -> str:
+        """A node's name in the records: the site name it replied with, else its registered
+        SuperNode name, else its node ID."""
+        return self.site_of_node.get(node) or self.registered_names.get(node) or f"node-{node}"
+
     def _sampled(self, messages: Iterable[Message]) -> list[Message]:
-        messages = list(messages)
-        self.awaited = {message.metadata.dst_node_id for message in messages}
-        return messages
+        self.outgoing = list(messages)
+        self.awaited = {message.metadata.dst_node_id for message in self.outgoing}
+        return self.outgoing
+
+    def _senders(self, replies: list[Message]) -> list[int]:
+        """The node each reply answers for. The SuperLink answers in place of a node it lost
+        (missed heartbeats) under its own ID, so go by the message replied to; the grid gave
+        our messages their IDs when it sent them."""
+        sent_to = {
+            message.metadata.message_id: message.metadata.dst_node_id
+            for message in self.outgoing
+            if message.metadata.message_id
+        }
+        return [
+            sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            for reply in replies
+        ]
 
     def _screen(
         self, replies: Iterable[Message], stage: str, expected_metrics: tuple[str, ...]
@@ -197,19 +236,17 @@ class PhasedStrategy(Strategy):
         """Replies that carry a usable, uniquely named result; the rest are recorded."""
         accepted: dict[str, tuple[Message, dict[str, Any]]] = {}
         replies = list(replies)
-        silent = self.awaited - {message.metadata.src_node_id for message in replies}
-        for node in sorted(silent):
-            site = self.site_of_node.get(node, f"node-{node}")
-            self._note("failures", stage, site, "no reply within the round timeout")
-        for message in replies:
-            node = message.metadata.src_node_id
+        senders = self._senders(replies)
+        for node in sorted(self.awaited - set(senders)):
+            self._note("failures", stage, self._site(node), "no reply within the round timeout")
+        for node, message in zip(senders, replies, strict=True):
             if message.has_error():
-                site = self.site_of_node.get(node, f"node-{node}")
-                self._note("failures", stage, site, message.error.reason)
+                self._note("failures", stage, self._site(node), message.error.reason)
                 continue
             claimed = _site_name(message)
-            site = claimed or f"node-{node}"
-            self.site_of_node[node] = site
+            if claimed is not None:
+                self.site_of_node[node] = claimed
+            site = claimed or self._site(node)
             try:
                 if claimed is None or claimed in accepted:
                     raise UpdateRejected("missing, invalid or duplicate site name")
@@ -229,9 +266,11 @@ class PhasedStrategy(Strategy):
         current, phase = self._round(server_round)
         self._begin(current, phase)
         self._wait_for_nodes(grid)
+        self._note_registered_names(grid)
         # After the first round the strategy's own state is newer than `start`'s: it also holds
         # the re-estimated BatchNorm statistics.
         self.global_state = self.global_state or from_record(arrays)
+        self.record["weights_sha256"]["start"] = weights_digest(self.global_state)
         self.sent = phase_state(self.global_state, phase)
         instructions = ConfigRecord(self._instructions(current, phase).to_config())
         return self._sampled(
@@ -248,7 +287,12 @@ class PhasedStrategy(Strategy):
                 arrays = message.content.array_records
                 if list(arrays) != [ARRAYS_KEY]:
                     raise UpdateRejected(f"expected one weight record '{ARRAYS_KEY}'")
-                check_update(_weights(arrays[ARRAYS_KEY]), self.sent, self.config.max_update_ratio)
+                check_update(
+                    _weights(arrays[ARRAYS_KEY]),
+                    self.sent,
+                    self.config.max_update_ratio,
+                    clipping_bound(self.config),
+                )
             except UpdateRejected as error:
                 self._note("rejected", "train", site, str(error))
                 continue
@@ -361,6 +405,7 @@ class PhasedStrategy(Strategy):
             return None
         self.record["seconds"] = time.perf_counter() - self.round_started
         self.record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self.record["weights_sha256"]["end"] = weights_digest(self.global_state)
         self.on_round_end(self.record, self.samples, self.global_state, self.optimiser_state())
         return None
 

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from server.differential_privacy import privacy_summary
 from server.run_config import FederationConfig
 from server.run_store import RunStore, json_ready, write_text_atomic
 
@@ -79,6 +80,7 @@ def write_summary(
         "resources": _site_resources(records),
         "rejected": [dict(item, round=r["round"]) for r in records for item in r["rejected"]],
         "failures": [dict(item, round=r["round"]) for r in records for item in r["failures"]],
+        "differential_privacy": privacy_summary(config, records),
         "global_model": "global_model.pt",
         "report": "report.html",
         **dict(extra or {}),
@@ -209,6 +211,17 @@ def _gallery(store: RunStore, record: Record) -> str:
     return "".join(parts)
 
 
+def _privacy_line(privacy: Mapping[str, Any] | None) -> str:
+    if not privacy:
+        return "<p>Differential privacy: off.</p>"
+    return (
+        f"<p>Differential privacy per clinic: (ε = {privacy['epsilon']:.3g}, "
+        f"δ = {privacy['delta']:g}) over {privacy['rounds']} round(s), noise multiplier "
+        f"{privacy['noise_multiplier']:g}, clipping norm {privacy['clipping_norm']:g}; covers "
+        f"the model updates, not the metrics or Grad-CAM samples sites share.</p>"
+    )
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}
@@ -239,6 +252,7 @@ def write_report(
             ],
         ),
     ]
+    sections.append(_privacy_line(summary.get("differential_privacy")))
     final = _last(records, "evaluate")
     if final is not None:
         rows = [["federation", *(final["evaluate"]["aggregate"].get(k) for k in EVALUATION_KEYS)]]

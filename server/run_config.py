@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from client.instructions import Phase
-from hxr_model.errors import ConfigError
+from hxr_model.errors import ConfigError, describe_validation_error
 from hxr_model.models import model_names
 from server.update_validation import DEFAULT_MAX_UPDATE_RATIO
 
@@ -59,6 +59,11 @@ class FederationConfig(BaseModel):
     # Simulation only: the dataset and partitioning that nodes without a site config play.
     data: str = ""
     partition: str = "iid"
+    # Client-level differential privacy, off at 0 (see server.differential_privacy): each site
+    # clips its update to the norm, the server noises the average and reports epsilon at delta.
+    dp_noise_multiplier: float = Field(0.0, ge=0)
+    dp_clipping_norm: float = Field(1.0, gt=0)
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -85,14 +90,33 @@ class FederationConfig(BaseModel):
             raise ValueError("classes must be distinct")
         return self
 
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> FederationConfig:
+        """Flower's accountant holds for FedAvg's average only, and the BatchNorm statistics
+        query would release each site's statistics without noise, so DP turns it off."""
+        if self.dp_noise_multiplier == 0:
+            return self
+        if self.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(
+                f"dp-noise-multiplier needs strategy fedavg or fedprox, not {self.strategy}"
+            )
+        if self.recalibrate_statistics and "recalibrate_statistics" in self.model_fields_set:
+            raise ValueError(
+                "dp-noise-multiplier needs recalibrate-statistics = false: the statistics "
+                "query releases each site's BatchNorm statistics without noise"
+            )
+        self.recalibrate_statistics = False
+        return self
+
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
         try:
             return cls.model_validate(dict(run_config))
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(_kebab(str(part)) for part in first["loc"]) or "(root)"
-            raise ConfigError(f"run config: invalid value for '{field}': {first['msg']}") from None
+            problem = describe_validation_error(
+                error, lambda part: _kebab(part) if part in cls.model_fields else part
+            )
+            raise ConfigError(f"run config: {problem}") from None
 
     def phase(self, server_round: int) -> Phase:
         """First `prewarm_rounds` rounds pre-warm the encoder, the rest fine-tune."""

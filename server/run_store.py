@@ -1,7 +1,9 @@
 """Everything a federated run leaves on disk, and how a crashed run picks up again.
 
 Layout of a run directory:
-  rounds.jsonl                 one line per completed round: aggregated and per-site metrics
+  rounds.jsonl                 one line per completed round: aggregated and per-site metrics,
+                               failures, and `weights_sha256` of the global weights at its start
+                               and end (`weights_digest`)
   sites/<site>.csv             the same per-site numbers as a table, one row per round
   gradcam/<site>/round-NNN/    Grad-CAM PNGs the site's privacy policy allowed
   checkpoints/round-NNN.pt     the global model after each round (hxr_model.checkpoint format)
@@ -15,6 +17,7 @@ that had not been committed are dropped on resume, so no round is lost or repeat
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -57,6 +60,17 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_ready(v) for v in value]
     return value
+
+
+def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and values: equal digests mean equal weights, so the
+    records show which global model each round started from."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:

@@ -20,6 +20,7 @@ from client.instructions import STATISTICS_SUFFIXES, WEIGHT_KEY
 
 DEFAULT_MAX_UPDATE_RATIO = 10.0
 STATISTICS_RATIO_FACTOR = 100.0
+CLIPPING_RELATIVE_TOLERANCE = 1e-5
 
 
 class UpdateRejected(Exception):
@@ -34,12 +35,16 @@ def check_update(
     update: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
     max_update_ratio: float = DEFAULT_MAX_UPDATE_RATIO,
+    clipping_norm: float | None = None,
 ) -> None:
     """Raise UpdateRejected unless `update` matches `reference` and stays near it.
 
     Near means ||update - reference|| <= max_update_ratio * ||reference|| over the learned
     weights (a real local round moves them by a fraction of their size, a scaled or random update
     by far more), and within STATISTICS_RATIO_FACTOR times that bound over BatchNorm statistics.
+    Under differential privacy (`clipping_norm`) the whole update must also lie within the
+    clipping norm: sites clip their own updates, and one that does not would break the noise's
+    calibration and dominate the average.
     """
     missing = sorted(set(reference) - set(update))
     if missing:
@@ -64,6 +69,8 @@ def check_update(
     ):
         if names:
             _check_distance(update, reference, sorted(names), ratio, kind)
+    if clipping_norm is not None:
+        _check_clipped(update, reference, clipping_norm)
 
 
 def _check_distance(
@@ -78,6 +85,19 @@ def _check_distance(
     if distance > ratio * max(scale, 1e-12):
         raise UpdateRejected(
             f"{kind} update norm {distance:.3g} exceeds {ratio:g} x global norm {scale:.3g}"
+        )
+
+
+def _check_clipped(
+    update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], clipping_norm: float
+) -> None:
+    """A clipped update sits exactly on the norm at most, up to float32 rounding of the sum
+    `reference + update` the site sends (relative to the weights' own size)."""
+    distance = _norm({name: update[name].astype(np.float64) - a for name, a in reference.items()})
+    tolerance = CLIPPING_RELATIVE_TOLERANCE * (clipping_norm + _norm(reference))
+    if distance > clipping_norm + tolerance:
+        raise UpdateRejected(
+            f"update norm {distance:.3g} exceeds the clipping norm {clipping_norm:g}"
         )
 
 

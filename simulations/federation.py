@@ -9,6 +9,7 @@ is one partition of a dataset, played by a Ray actor limited to one CPU core.
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from client.site_config import PrivacyPolicy
 from hxr_model.data import load_splits, partition
+from hxr_model.data.refs import DEFAULT_IMAGE_SIZE
 from server.run_config import FederationConfig, StrategyName
 
 DEFAULT_DATA = "synthetic:960:4"
@@ -47,7 +49,7 @@ class SimulationSettings(BaseModel):
     local_epochs: int = Field(2, ge=1)
     prewarm_epochs: int = Field(1, ge=1)
     model: str = "hxr50"
-    image_size: int = Field(64, ge=16, le=1024)
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=16, le=1024)
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(1e-2, gt=0)
     strategy: StrategyName = "fedavg"
@@ -59,6 +61,9 @@ class SimulationSettings(BaseModel):
     resume: bool = False
     cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dp_noise_multiplier: float = Field(0.0, ge=0)
+    dp_clipping_norm: float = Field(1.0, gt=0)
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
 
 
 def federation_config(settings: SimulationSettings, class_names: list[str]) -> FederationConfig:
@@ -80,6 +85,9 @@ def federation_config(settings: SimulationSettings, class_names: list[str]) -> F
         resume=settings.resume,
         data=settings.data,
         partition=settings.partition,
+        dp_noise_multiplier=settings.dp_noise_multiplier,
+        dp_clipping_norm=settings.dp_clipping_norm,
+        dp_delta=settings.dp_delta,
     )
 
 
@@ -113,6 +121,9 @@ def simulate(settings: SimulationSettings) -> Path:
     """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    # Ray's processes listen on every interface: a per-run token keeps other machines out.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     # Imported late: Flower reads the variables above when it is first imported.
     import ray
     from flwr.simulation import run_simulation

@@ -1,13 +1,26 @@
-"""Shared by the deployment tests: a private image cache and tiny clinic image folders."""
+"""Shared by the deployment tests: a private image cache, tiny clinic image folders, and the
+real-process harness as an importable module.
+
+Tests run in pytest's importlib mode (no test folder on sys.path), so `harness` is registered
+here, before this folder's test modules import it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+_spec = importlib.util.spec_from_file_location("harness", Path(__file__).with_name("harness.py"))
+assert _spec is not None and _spec.loader is not None
+harness = importlib.util.module_from_spec(_spec)
+sys.modules["harness"] = harness
+_spec.loader.exec_module(harness)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import pytest
 
 from hxr_cli.main import main
 from hxr_model.checkpoint import load_checkpoint
+from hxr_model.errors import ConfigError
 
 
 def child_processes() -> list[int]:
@@ -59,3 +60,27 @@ def test_an_impossible_partition_fails_in_one_line_before_starting_clinics(
     error = capsys.readouterr().err.strip()
     assert error.startswith("hxr: error:") and "\n" not in error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("size_option", "expected"), [([], 28), (["--image-size", "40"], 40)])
+def test_a_medmnist_federation_trains_at_the_files_own_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size_option: list[str], expected: int
+) -> None:
+    """Like `hxr train`: MedMNIST was made at 28 px and upsampling adds only time."""
+    import numpy as np
+
+    import simulations.federation
+
+    images = np.zeros((4, 28, 28), np.uint8)
+    labels = np.array([[0], [1], [0], [1]])
+    np.savez(tmp_path / "tiny.npz", train_images=images, train_labels=labels)
+    chosen = []
+
+    def stop_after_settings(settings: simulations.federation.SimulationSettings) -> None:
+        chosen.append(settings)
+        raise ConfigError("stopped before starting the clinics")
+
+    monkeypatch.setattr(simulations.federation, "simulate", stop_after_settings)
+    main(["simulate", "--data", f"medmnist:{tmp_path / 'tiny.npz'}", *size_option,
+          "--out", str(tmp_path / "run")])  # fmt: skip
+    assert [settings.image_size for settings in chosen] == [expected]
