@@ -18,6 +18,7 @@ from PIL import Image
 
 from client.instructions import GRADCAM_ARRAYS_KEY, GRADCAM_META_KEY
 from hxr_model.gradcam import COLORMAP, overlay_image
+from server.run_store import write_atomic
 
 DISPLAY_SIZE = 96
 
@@ -91,6 +92,8 @@ def save_gallery(
         path = folder / (
             f"{k:02d}_true-{_slug(class_names[label])}_pred-{_slug(class_names[predicted])}.png"
         )
-        render(samples.heatmaps[k], image).save(path, format="PNG")
+        picture = render(samples.heatmaps[k], image)
+        # Owner-only like every run file: an overlay site's samples hold downscaled radiographs.
+        write_atomic(path, lambda handle, picture=picture: picture.save(handle, format="PNG"))
         paths.append(path)
     return paths

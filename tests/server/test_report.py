@@ -101,6 +101,13 @@ def test_summary_holds_final_metrics_resources_and_incidents(run) -> None:
     assert [item["round"] for item in summary["rejected"]] == [1, 2]
 
 
+def test_gallery_images_are_owner_only_like_every_run_file(run) -> None:
+    store, _ = run
+    pictures = list((store.run_dir / "gradcam").rglob("*.png"))
+    assert len(pictures) == 4  # north's two samples in each of two rounds
+    assert {picture.stat().st_mode & 0o777 for picture in pictures} == {0o600}
+
+
 def test_report_is_self_contained(run) -> None:
     store, config = run
     write_report(

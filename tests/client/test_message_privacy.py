@@ -1,0 +1,356 @@
+"""What leaves a clinic: every reply of a real federated run, searched for the clinic's secrets.
+
+Three clinics, one per Grad-CAM privacy policy, hold chest "radiographs" of pure noise (every
+image unique, so any copy of one is recognisable at any scale) listed in a CSV manifest with
+distinctive patient ids, file names, folder, manifest and hospital names, plus one corrupt file
+the sites skip. `hxr simulate`'s own code runs a pre-warm and a fine-tuning round through
+Flower's simulation engine, and the ServerApp's grid keeps every message the sites send back
+(train in both phases, BatchNorm statistics, evaluate) exactly as the server receives it. Each
+reply is searched
+
+- as the bytes a SuperNode would push (the content-free message protobuf, then every record and
+  array, deflated as Flower sends them) for every secret string and for raw pixel rows;
+- as decoded arrays, every row of every array correlated with every image at its own size and
+  rescaled as the data layer rescales (input size, half, quarter).
+
+Only `overlay` clinics may send images, and only downscaled below the model's input size.
+A failing site is covered separately with the real ClientApp: its error must not carry details.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message.message import remove_content_from_message
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import message_to_proto
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.task_identity import TaskIdentity
+from PIL import Image
+
+import client.client_app
+import server.server_app
+from client.client_app import SimulatedSites, SiteFailure, build_client_app
+from client.instructions import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    GRADCAM_ARRAYS_KEY,
+    METRICS_KEY,
+    SITE_KEY,
+    STATISTICS_MESSAGE,
+    RoundInstructions,
+)
+from client.model_state import phase_state, to_record
+from client.site_config import PrivacyPolicy, SiteConfig, load_site_config
+from client.site_data import load_site_data
+from hxr_model.data.resizing import to_square
+from hxr_model.errors import ConfigError, DataError
+from server.federation import initial_state
+from server.run_config import FederationConfig
+from server.stoppable_grid import StoppableGrid
+from simulations.federation import SimulationSettings, simulate
+
+RAW_SIDE = 64  # the files' size
+INPUT_SIDE = 32  # the model's input: what the data layer makes of the files
+SIDES = (RAW_SIDE, INPUT_SIDE, INPUT_SIDE // 2, INPUT_SIDE // 4)
+PER_SPLIT = {"train": 12, "val": 4, "test": 4}
+HOSPITALS = ("osprey-general", "heron-childrens", "egret-county")
+# Site k of the simulation (k-th hospital in sorted order: egret, heron, osprey) shares this.
+POLICIES: tuple[PrivacyPolicy, ...] = ("none", "heatmap", "overlay")
+FOLDER = "kestrel-ward-exports"
+MANIFEST = "kestrel-ward-manifest.csv"
+BROKEN = "scan-osprey-broken-quokka.png"
+CLASSES = ["normal", "pneumonia"]
+# A copy of an image correlates near 1 with it; unrelated arrays of >= 64 values essentially
+# never reach this (|r| > 0.9 by chance is below 1e-20 at 64 values).
+SAME_IMAGE = 0.9
+
+
+@dataclass
+class Clinics:
+    """The shared data set on disk and everything about it that must stay at the sites."""
+
+    root: Path
+    manifest: Path
+    images: list[np.ndarray] = field(default_factory=list)  # uint8 [RAW_SIDE, RAW_SIDE]
+    origins: list[tuple[str, str]] = field(default_factory=list)  # (hospital, split) per image
+    files: list[Path] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+
+    def indices(self, hospital: str, split: str) -> set[int]:
+        return {i for i, origin in enumerate(self.origins) if origin == (hospital, split)}
+
+    @property
+    def reference(self) -> dict[int, np.ndarray]:
+        """side -> every image at that side, flattened, centred and scaled to unit length."""
+        table = {}
+        for side in SIDES:
+            rows = np.stack(
+                [to_square(image.astype(np.float32) / 255.0, side).ravel() for image in self.images]
+            ).astype(np.float64)
+            rows -= rows.mean(axis=1, keepdims=True)
+            table[side] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return table
+
+    def needles(self) -> dict[str, bytes]:
+        """What no reply's bytes may contain, by what it is: every secret string, the middle
+        pixel row of every image as its file holds it and as the model sees it, and 64 bytes
+        from the middle of every image file (its compressed pixels)."""
+        found = {f"'{secret}'": secret.encode() for secret in self.secrets}
+        for index, (image, path) in enumerate(zip(self.images, self.files, strict=True)):
+            for side in (RAW_SIDE, INPUT_SIDE):
+                row = to_square(image.astype(np.float32) / 255.0, side)[side // 2]
+                found[f"pixels of image {index} at {side} px"] = row.tobytes()
+            data = path.read_bytes()
+            found[f"bytes of image file {index}"] = data[len(data) // 2 : len(data) // 2 + 64]
+        return found
+
+
+def write_clinics(root: Path) -> Clinics:
+    """The hospitals' images under one manifest (source = hospital, one patient per image)."""
+    folder = root / FOLDER
+    folder.mkdir(parents=True)
+    clinics = Clinics(root, folder / MANIFEST)
+    rng = np.random.default_rng(20260)
+    rows = []
+    for hospital in HOSPITALS:
+        for split, count in PER_SPLIT.items():
+            for index in range(count):
+                patient = f"PT-{hospital[:3].upper()}-{split}-{index:02d}-ZX81"
+                path = folder / f"scan-{hospital[:5]}-{split}-{index:02d}-quokka.png"
+                pixels = rng.integers(0, 256, (RAW_SIDE, RAW_SIDE), dtype=np.uint8)
+                Image.fromarray(pixels).save(path)
+                clinics.images.append(pixels)
+                clinics.origins.append((hospital, split))
+                clinics.files.append(path)
+                clinics.secrets += [patient, path.name, path.stem]
+                rows.append([path.name, CLASSES[index % 2], split, patient, hospital])
+    (folder / BROKEN).write_bytes(b"not an image")
+    rows.append([BROKEN, "normal", "train", "PT-OSP-broken-ZX81", HOSPITALS[0]])
+    with clinics.manifest.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split", "patient_id", "source"])
+        writer.writerows(rows)
+    clinics.secrets += [
+        *HOSPITALS,
+        FOLDER,
+        MANIFEST,
+        Path(MANIFEST).stem,
+        BROKEN,
+        "PT-OSP-broken-ZX81",
+        str(root),
+    ]
+    return clinics
+
+
+@pytest.fixture(scope="module")
+def clinics(tmp_path_factory: pytest.TempPathFactory) -> Clinics:
+    return write_clinics(tmp_path_factory.mktemp("clinics"))
+
+
+@dataclass
+class Traffic:
+    sent: list[Message] = field(default_factory=list)
+    replies: list[Message] = field(default_factory=list)
+
+
+class RecordingGrid(StoppableGrid):
+    """The ServerApp's grid, keeping every message it sends and every reply it receives."""
+
+    def __init__(self, grid, stop: threading.Event, traffic: Traffic) -> None:
+        super().__init__(grid, stop)
+        self.traffic = traffic
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        self.traffic.sent.extend(messages)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        received = list(super().pull_messages(message_ids))
+        self.traffic.replies.extend(received)
+        return received
+
+
+def wire_bytes(message: Message) -> bytes:
+    """What a SuperNode pushes for `message`: its protobuf without content, then each nested
+    object (records, arrays) deflated (flwr.supernode.runtime.run_clientapp.push_message)."""
+    header = message_to_proto(remove_content_from_message(message)).SerializeToString()
+    return header + b"".join(part.deflate() for part in get_all_nested_objects(message).values())
+
+
+def image_matches(values: np.ndarray, reference: dict[int, np.ndarray]) -> list[tuple[int, int]]:
+    """(side, image index) for every row of `values`, read as side x side pixels, that is a
+    copy of an image at that side (any dtype, scale or offset)."""
+    flat = values.astype(np.float64).ravel()
+    found = []
+    for side, images in reference.items():
+        if flat.size % (side * side):
+            continue
+        rows = flat.reshape(-1, side * side)
+        rows = rows - rows.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(rows, axis=1)
+        rows = rows[norms > 0] / norms[norms > 0, None]
+        hits = np.argwhere(np.abs(rows @ images.T) > SAME_IMAGE)
+        found += [(side, int(index)) for index in hits[:, 1]]
+    return found
+
+
+def kind(reply: Message, sent: dict[str, Message]) -> str:
+    request = sent[reply.metadata.reply_to_message_id]
+    return f"{reply.metadata.message_type}/{request.content[CONFIG_KEY]['phase']}"
+
+
+@dataclass(frozen=True)
+class SitesWithTheirOwnPolicy(SimulatedSites):
+    """`hxr simulate`'s virtual clinics, except that site k keeps POLICIES[k - 1] (`simulate`
+    gives every site one policy), so one federation covers every policy."""
+
+    def __call__(self, context: Context) -> SiteConfig:
+        site = super().__call__(context)
+        assert site.partition is not None
+        return site.model_copy(update={"privacy": POLICIES[site.partition.index]})
+
+
+@pytest.fixture
+def policy_per_site(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`simulate` builds its sites with SitesWithTheirOwnPolicy. Ray actors cannot import this
+    test module, so its classes travel to them by value."""
+    import ray.cloudpickle
+
+    module = sys.modules[__name__]
+    monkeypatch.setattr(client.client_app, "SimulatedSites", SitesWithTheirOwnPolicy)
+    ray.cloudpickle.register_pickle_by_value(module)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.mark.slow
+def test_no_reply_carries_images_paths_or_patient_ids_beyond_the_sites_policy(
+    clinics: Clinics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_per_site: None
+) -> None:
+    monkeypatch.setenv("HXR_CACHE_DIR", str(tmp_path / "cache"))
+    traffic = Traffic()
+    monkeypatch.setattr(
+        server.server_app, "StoppableGrid", functools.partial(RecordingGrid, traffic=traffic)
+    )
+    settings = SimulationSettings(
+        data=f"csv:{clinics.manifest}",
+        sites=len(HOSPITALS),
+        partition="by-source",
+        rounds=2,
+        prewarm_rounds=1,
+        local_epochs=1,
+        prewarm_epochs=1,
+        image_size=INPUT_SIDE,
+        batch_size=8,
+        skip_bad=True,
+        gradcam_per_class=2,
+        out=tmp_path / "run",
+        device="cpu",
+    )
+    simulate(settings)
+
+    # Every request was answered, without error, on every path a site replies on.
+    sent = {message.metadata.message_id: message for message in traffic.sent}
+    assert {reply.metadata.reply_to_message_id for reply in traffic.replies} == set(sent)
+    assert not any(reply.has_error() for reply in traffic.replies)
+    kinds = sorted(kind(reply, sent) for reply in traffic.replies)
+    expected = ["train/prewarm", "train/finetune", f"{STATISTICS_MESSAGE}/finetune"]
+    assert kinds == sorted([*expected, "evaluate/finetune"] * len(HOSPITALS))
+
+    reference = clinics.reference
+    needles = clinics.needles()
+    shared: dict[PrivacyPolicy, list[str]] = {policy: [] for policy in POLICIES}
+    for reply in traffic.replies:
+        where = kind(reply, sent)
+        site = reply.content[SITE_KEY]["name"]
+        index = int(site.removeprefix("site-")) - 1
+        policy = POLICIES[index]
+        wire = wire_bytes(reply)
+        assert site.encode() in wire  # the search sees what a site puts in a record
+        leaked = [name for name, needle in needles.items() if needle in wire]
+        assert not leaked, f"{site} ({policy}) {where} reply carries {leaked}"
+        if where.startswith("train/"):  # the corrupt file is counted, never named
+            assert reply.content[METRICS_KEY]["skipped-files"] == 1
+
+        for record_name, record in reply.content.array_records.items():
+            for array_name, array in record.items():
+                values = array.numpy()
+                matches = image_matches(values, reference)
+                if record_name == GRADCAM_ARRAYS_KEY:
+                    shared[policy].append(array_name)
+                if (record_name, array_name) != (GRADCAM_ARRAYS_KEY, "images"):
+                    assert not matches, f"{site} {where} {record_name}/{array_name}: images"
+                    continue
+                # Overlay images: each one of this site's test images, smaller than its input.
+                assert policy == "overlay", f"{site} ({policy}) sent images"
+                assert values.tobytes() in wire
+                assert values.shape[1:] == (INPUT_SIDE // 2,) * 2
+                assert {side for side, _ in matches} == {INPUT_SIDE // 2}
+                own_tests = clinics.indices(sorted(HOSPITALS)[index], "test")
+                assert {image for _, image in matches} <= own_tests
+                assert len({image for _, image in matches}) == len(values)
+    assert shared == {"none": [], "heatmap": ["heatmaps"], "overlay": ["heatmaps", "images"]}
+
+
+def test_a_failing_site_reports_the_kind_of_error_and_nothing_else(
+    clinics: Clinics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same clinic without skip_bad: its data error names the corrupt file and the site
+    file; Flower would forward the exception's text, so not even a traceback may name them."""
+    monkeypatch.setenv("HXR_CACHE_DIR", str(tmp_path / "cache"))
+    site_file = clinics.root / "kestrel-ward-site.toml"
+    site_file.write_text(
+        f'name = "kestrel"\ndata = "csv:{clinics.manifest}"\nprivacy = "overlay"\ndevice = "cpu"\n'
+    )
+    missing_file = clinics.root / "kestrel-ward-missing-site.toml"
+    config = FederationConfig(classes=CLASSES, image_size=INPUT_SIDE)
+    instructions = RoundInstructions(
+        server_round=1,
+        phase="finetune",
+        model=config.model,
+        image_size=INPUT_SIDE,
+        class_names=CLASSES,
+    )
+    content = RecordDict(
+        {
+            ARRAYS_KEY: to_record(phase_state(initial_state(config), "finetune")),
+            CONFIG_KEY: ConfigRecord(instructions.to_config()),
+        }
+    )
+    TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    # The details exist at the site, so it is the ClientApp that keeps them there.
+    with pytest.raises(DataError, match=BROKEN):
+        load_site_data(load_site_config(site_file), CLASSES, INPUT_SIDE, 0)
+    with pytest.raises(ConfigError, match=missing_file.name):
+        load_site_config(missing_file)
+    app = build_client_app()
+    for site, secret in ((site_file, BROKEN), (missing_file, missing_file.name)):
+        context = Context(
+            run_id=1,
+            node_id=7,
+            node_config={"site-config": str(site)},
+            state=RecordDict(),
+            run_config={},
+        )
+        for message_type in ("train", "evaluate", STATISTICS_MESSAGE):
+            message = Message(content, dst_node_id=7, message_type=message_type)
+            with pytest.raises(SiteFailure) as failure:
+                app(message, context)
+            text = "".join(traceback.format_exception(failure.value))
+            assert "at the site (details in its log)" in str(failure.value)
+            for leak in (secret, str(clinics.root), FOLDER, MANIFEST):
+                assert leak not in text, f"{message_type} error names {leak}"
