@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hxr_model.errors import ConfigError
+from hxr_model.prewarm import ENCODER_PREFIX
 
 Phase = Literal["prewarm", "finetune"]
 
@@ -59,7 +60,6 @@ STATISTICS_METRICS = (WEIGHT_KEY,)
 STATISTICS_SUFFIXES = (".running_mean", ".running_var")
 
 PROJECTION_PREFIX = "projection."
-ENCODER_PREFIXES = ("normalize.", "encoder.")
 
 
 def _kebab(name: str) -> str:
@@ -119,5 +119,5 @@ def sample_side_for(gradcam_size: int, image_size: int) -> int:
 def is_exchanged(name: str, phase: Phase) -> bool:
     """Which global weights a phase sends out: pre-warming touches encoder + projection only."""
     if phase == "prewarm":
-        return name.startswith((*ENCODER_PREFIXES, PROJECTION_PREFIX))
+        return name.startswith((ENCODER_PREFIX, PROJECTION_PREFIX))
     return not name.startswith(PROJECTION_PREFIX)

@@ -35,7 +35,8 @@ from hxr_model.runtime import (
 )
 from hxr_model.training import make_loader
 
-ENCODER_PREFIXES = ("normalize.", "encoder.")
+# The weights pre-warming trains (the input normalisation is fixed configuration, not state).
+ENCODER_PREFIX = "encoder."
 
 
 class PrewarmConfig(BaseModel):
@@ -93,7 +94,7 @@ def encoder_state(classifier: RadiographClassifier) -> dict[str, torch.Tensor]:
     return {
         name: tensor
         for name, tensor in classifier.state_dict().items()
-        if name.startswith(ENCODER_PREFIXES)
+        if name.startswith(ENCODER_PREFIX)
     }
 
 

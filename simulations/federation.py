@@ -9,7 +9,6 @@ is one partition of a dataset, played by a Ray actor limited to one CPU core.
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 from pathlib import Path
 from typing import Literal
@@ -121,9 +120,6 @@ def simulate(settings: SimulationSettings) -> Path:
     """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    # Ray's processes listen on every interface: a per-run token keeps other machines out.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     # Imported late: Flower reads the variables above when it is first imported.
     import ray
     from flwr.simulation import run_simulation

@@ -14,14 +14,18 @@ DEFAULT_STD = 0.25
 
 
 class InputNormalization(nn.Module):
-    """Maps [0, 1] radiographs to the model's input range; stored in the checkpoint as buffers."""
+    """Maps [0, 1] radiographs to the model's input range.
+
+    The constants are settings, not weights: they live in the checkpoint's model config and are
+    left out of the state dict, so federated averaging or privacy noise can never change them.
+    """
 
     def __init__(self, mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD) -> None:
         super().__init__()
         if std <= 0:
             raise ValueError(f"normalisation std must be positive, got {std}")
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        self.register_buffer("mean", torch.tensor(float(mean)), persistent=False)
+        self.register_buffer("std", torch.tensor(float(std)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

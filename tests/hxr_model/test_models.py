@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from hxr_model.models import MODELS, build_model
+from hxr_model.models.classifier import DEFAULT_STD
 from hxr_model.models.hybridnet import HybridNetXREncoder, make_divisible
 
 
@@ -56,3 +57,12 @@ def test_make_divisible_rounds_to_multiples_of_eight() -> None:
     assert make_divisible(16 * 0.5) == 8
     assert make_divisible(32 * 1.5) == 48
     assert make_divisible(3) == 8
+
+
+def test_input_normalisation_is_configuration_not_exchanged_state() -> None:
+    """Weights travel (federated averaging, privacy noise) through the state dict: the fixed
+    normalisation must not, or noise could make its std zero or negative."""
+    model = build_model("hxr50", 2)
+    assert not [name for name in model.state_dict() if name.startswith("normalize")]
+    model.load_state_dict(build_model("hxr50", 2).state_dict())
+    assert float(model.normalize.std) == DEFAULT_STD

@@ -46,7 +46,7 @@ def test_prewarmed_encoder_loads_into_a_fresh_classifier(squares_train) -> None:
     model = build_model("hxr50", 2)
     prewarm_encoder(model, squares_train, PrewarmConfig(epochs=1, device="cpu", progress=False))
     state = encoder_state(model)
-    assert all(key.startswith(("normalize.", "encoder.")) for key in state)
+    assert all(key.startswith("encoder.") for key in state)
     fresh = build_model("hxr50", 2)
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     assert not unexpected and all(key.startswith("head.") for key in missing)
