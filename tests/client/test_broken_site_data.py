@@ -4,11 +4,11 @@ reply how many files it left out."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+import radiograph_files  # registered by tests/conftest.py
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
@@ -23,18 +23,9 @@ from hxr_model.errors import DataError
 from server.federation import initial_state
 from server.run_config import FederationConfig
 
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["normal", "pneumonia"]
 SIDE = 32
 EXTRA_PER_CLASS = 10  # beyond write_clinic_folder's three, so every split has images
-
-# The file builders live with the data tests; tests/ is not a package, so load them by path.
-_spec = importlib.util.spec_from_file_location(
-    "radiograph_files", REPO / "tests" / "hxr_model" / "data" / "radiograph_files.py"
-)
-assert _spec is not None and _spec.loader is not None
-radiograph_files = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(radiograph_files)
 
 
 @pytest.fixture(autouse=True)

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import radiograph_files  # registered by tests/conftest.py
 
 from hxr_cli.data_commands import parse_label_map
 from hxr_cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 CXR4 = REPO.parent / "shared" / "data" / "cxr4" / "manifest.csv"
-
-# The file builders live with the data tests; tests/ is not a package, so load them by path.
-_spec = importlib.util.spec_from_file_location(
-    "radiograph_files", REPO / "tests" / "hxr_model" / "data" / "radiograph_files.py"
-)
-assert _spec is not None and _spec.loader is not None
-radiograph_files = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(radiograph_files)
 
 
 @pytest.fixture(autouse=True)
