@@ -56,9 +56,15 @@ def fit(
     train_config: TrainConfig,
     prewarm_config: PrewarmConfig | None = None,
     distill_config: DistillConfig | None = None,
+    trained_teacher: RadiographClassifier | None = None,
 ) -> FitOutcome:
     """Optionally pre-warm (SimCLR on the training images), then fine-tune, or distil from a
-    teacher (`distill_config.teacher`) trained first on the same split."""
+    teacher (`distill_config.teacher`) trained first on the same split.
+
+    `trained_teacher`, already trained on this split, is used instead of training one, so a
+    comparison of several students pays for its teacher once (its cost is then the caller's to
+    report).
+    """
     model = build_model(model_name, len(splits.class_names))
     report: dict[str, Any] = {
         "model": model_name,
@@ -78,9 +84,13 @@ def fit(
             "images_per_s": prewarm.images_per_s,
         }
     if distill_config is not None:
-        teacher = build_model(distill_config.teacher, len(splits.class_names))
-        teacher_result = train_classifier(teacher, splits.train, splits.val, train_config)
-        report["teacher"] = {"model": distill_config.teacher, **summarise(teacher_result)}
+        if trained_teacher is None:
+            teacher = build_model(distill_config.teacher, len(splits.class_names))
+            teacher_result = train_classifier(teacher, splits.train, splits.val, train_config)
+            report["teacher"] = {"model": distill_config.teacher, **summarise(teacher_result)}
+        else:
+            teacher = trained_teacher
+            report["teacher"] = {"model": distill_config.teacher, "reused": True}
         result = distill_classifier(
             model, teacher, splits.train, splits.val, train_config, distill_config
         )

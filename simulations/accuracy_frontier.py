@@ -5,8 +5,14 @@ it finishes (a rerun skips what is done), then writes `frontier.md` (table) and 
 
     python -m simulations.accuracy_frontier --out docs/frontier --datasets pneumoniamnist
 
-Configurations: HXR-50/100/150 x {scratch, pre-warmed, distilled from ResNet-18}, MobileNetV2
-and ResNet-18 from scratch, all centralized, with the same epochs and seed.
+Centralized configurations: HXR-50/100/150 x {scratch, pre-warmed, distilled from ResNet-18},
+MobileNetV2 and ResNet-18 from scratch, with the same epochs and seed. The ResNet-18 row is also
+the teacher of every distilled row, trained once per dataset and kept in `teachers/`; a
+distilled row's time and memory include the teacher's, as a user without a teacher would pay.
+
+Federated configuration (`--federated`): HXR-150 pre-warmed over 5 virtual clinics (Dirichlet
+0.5), with the same clinics alone (local-only) and one model on all of them with the
+federation's budget, via `hxr simulate --baselines`'s code.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from hxr_model.data import load_splits
+from hxr_model.checkpoint import load_checkpoint, save_checkpoint
+from hxr_model.data import DataSplits, load_splits
 from hxr_model.distill import DistillConfig
 from hxr_model.prewarm import PrewarmConfig
 from hxr_model.recipe import fit
@@ -53,24 +60,49 @@ DATASETS = {
 HXR_MODELS = ("hxr50", "hxr100", "hxr150")
 BASELINES = ("mobilenet_v2", "resnet18")
 VARIANTS = ("scratch", "prewarmed", "distilled")
+TEACHER = "resnet18"
+CENTRALIZED = "centralized"
+# The federated configuration, as issue 4 measured it: 5 clinics, Dirichlet 0.5, 10 rounds.
+FEDERATED_MODEL = "hxr150"
+FEDERATED_SITES = 5
+FEDERATED_PARTITION = "dirichlet:0.5"
 
 
 def configurations(models: list[str]) -> Iterator[tuple[str, str]]:
+    """Every (model, variant), the teacher's row before the distilled rows that reuse it."""
+    hxr = [model for model in models if model in HXR_MODELS]
+    for model in hxr:
+        yield from ((model, "scratch"), (model, "prewarmed"))
     for model in models:
-        for variant in VARIANTS if model in HXR_MODELS else ("scratch",):
-            yield model, variant
+        if model not in HXR_MODELS:
+            yield model, "scratch"
+    for model in hxr:
+        yield model, "distilled"
 
 
-def run_one(dataset: Dataset, model: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+def load_dataset(dataset: Dataset, seed: int) -> DataSplits:
     # Files of another class (covid in the Kermany subset) are skipped and counted, not hidden.
-    splits = load_splits(
+    return load_splits(
         dataset.ref,
         dataset.image_size,
         skip_bad=dataset.label_map is not None,
-        seed=args.seed,
+        seed=seed,
         label_map=dataset.label_map,
     )
+
+
+def run_one(
+    dataset_name: str,
+    model: str,
+    variant: str,
+    args: argparse.Namespace,
+    teacher_row: dict[str, Any] | None,
+) -> dict[str, Any]:
+    splits = load_dataset(DATASETS[dataset_name], args.seed)
     quiet = {"device": "cpu", "progress": False, "seed": args.seed}
+    teacher_path = args.out / "teachers" / f"{dataset_name}-{TEACHER}.pt"
+    distilled = variant == "distilled"
+    reuse_teacher = distilled and teacher_row is not None and teacher_path.is_file()
     outcome = fit(
         model,
         splits,
@@ -78,39 +110,109 @@ def run_one(dataset: Dataset, model: str, variant: str, args: argparse.Namespace
         PrewarmConfig(epochs=args.prewarm_epochs, batch_size=256, **quiet)
         if variant == "prewarmed"
         else None,
-        DistillConfig(teacher="resnet18") if variant == "distilled" else None,
+        DistillConfig(teacher=TEACHER) if distilled else None,
+        load_checkpoint(teacher_path).model if reuse_teacher else None,
     )
+    if (model, variant) == (TEACHER, "scratch"):
+        teacher_path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            teacher_path,
+            outcome.model,
+            model_name=TEACHER,
+            class_names=splits.class_names,
+            image_size=DATASETS[dataset_name].image_size,
+        )
+    # A distilled row pays for its teacher: trained here (in `outcome.seconds`) or reused.
+    teacher_cost = teacher_row if reuse_teacher else outcome.report.get("teacher", {})
+    assert teacher_cost is not None
+    peak_memory_mb = max(outcome.peak_memory_mb, teacher_cost.get("peak_memory_mb", 0.0))
+    seconds = outcome.seconds + (teacher_cost["seconds"] if reuse_teacher else 0.0)
     validation = outcome.report["validation"]
     return {
+        "setting": CENTRALIZED,
         "model": model,
         "variant": variant,
         "accuracy": validation["accuracy"],
         "balanced_accuracy": validation["balanced_accuracy"],
         "auc": validation["auc"],
-        "peak_memory_mb": outcome.peak_memory_mb,
-        "seconds": outcome.seconds,
+        "peak_memory_mb": peak_memory_mb,
+        "seconds": seconds,
         "val_images": validation["n"],
         "skipped_files": len(splits.skipped),
     }
 
 
+def run_federated(dataset_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Federated, local-only and same-budget centralized rows for HXR-150 pre-warmed.
+
+    Imported here: the centralized frontier needs neither Flower nor Ray.
+    """
+    from simulations.baselines import ALL_SITES, add_baselines
+    from simulations.federation import SimulationSettings, simulate
+
+    dataset = DATASETS[dataset_name]
+    if dataset.label_map is not None:
+        raise SystemExit(f"{dataset_name}: the federation does not take a label map yet")
+    settings = SimulationSettings(
+        data=dataset.ref,
+        sites=FEDERATED_SITES,
+        partition=FEDERATED_PARTITION,
+        model=FEDERATED_MODEL,
+        image_size=dataset.image_size,
+        seed=args.seed,
+        cpus=args.threads,
+        device="cpu",
+        out=args.out / "federated" / dataset_name,
+    )
+    run_dir = simulate(settings)
+    add_baselines(settings, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    site_peak = max(row["peak_memory_mb"] for row in summary["resources"].values())
+    rows = []
+    for setting, table in summary["baselines"].items():
+        scores = table[ALL_SITES]
+        rows.append(
+            {
+                "setting": setting if setting != CENTRALIZED else "centralized, same budget",
+                "model": FEDERATED_MODEL,
+                "variant": "prewarmed",
+                "accuracy": scores["accuracy"],
+                "balanced_accuracy": scores["balanced-accuracy"],
+                "auc": scores["auc"],
+                # Only the federation's clients report their memory.
+                "peak_memory_mb": site_peak if setting == "federated" else None,
+                "seconds": None,
+                "val_images": sum(site["num-examples"] for site in summary["sites"].values()),
+                "skipped_files": 0,
+                "run_dir": str(run_dir),
+            }
+        )
+    return rows
+
+
 def read_results(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"setting": CENTRALIZED, **row} for row in rows]
+
+
+def _figure(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| data | model | variant | val accuracy | balanced acc. | AUC | peak train MB | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | setting | model | variant | val accuracy | balanced acc. | AUC | peak train MB "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        auc = "n/a" if row["auc"] is None else f"{row['auc']:.4f}"
         lines.append(
-            f"| {row['dataset']} | {row['model']} | {row['variant']} | {row['accuracy']:.4f} | "
-            f"{row['balanced_accuracy']:.4f} | {auc} | {row['peak_memory_mb']:.0f} | "
-            f"{row['seconds']:.0f} |"
+            f"| {row['dataset']} | {row['setting']} | {row['model']} | {row['variant']} | "
+            f"{row['accuracy']:.4f} | {row['balanced_accuracy']:.4f} | "
+            f"{_figure(row['auc'], '{:.4f}')} | {_figure(row['peak_memory_mb'], '{:.0f}')} | "
+            f"{_figure(row['seconds'], '{:.0f}')} |"
         )
     return "\n".join(lines)
 
@@ -122,12 +224,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for column, name in enumerate(datasets):
         for line, metric in enumerate(("accuracy", "auc")):
             axis = axes[line][column]
-            for row in (r for r in rows if r["dataset"] == name and r[metric] is not None):
+            plotted = (
+                r
+                for r in rows
+                if r["dataset"] == name and r[metric] is not None and r["peak_memory_mb"]
+            )
+            for row in plotted:
+                federated = row["setting"] != CENTRALIZED
                 axis.scatter(
-                    row["peak_memory_mb"], row[metric], marker=markers[row["variant"]], s=70
+                    row["peak_memory_mb"],
+                    row[metric],
+                    marker=markers[row["variant"]],
+                    s=70,
+                    facecolors="none" if federated else None,
+                    edgecolors="C3" if federated else None,
                 )
+                label = f"{row['model']}/{row['variant']}" + (" (federated)" if federated else "")
                 axis.annotate(
-                    f"{row['model']}/{row['variant']}",
+                    label,
                     (row["peak_memory_mb"], row[metric]),
                     fontsize=7,
                     xytext=(4, 2),
@@ -142,12 +256,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def append(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as stream:
+        stream.write(json.dumps(row) + "\n")
+    auc = _figure(row["auc"], "{:.4f}")
+    print(f"  {row['setting']}: accuracy {row['accuracy']:.4f}  AUC {auc}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/frontier"))
     parser.add_argument("--datasets", default="pneumoniamnist,cxr4,cxr4-kermany")
     parser.add_argument("--models", default=",".join(HXR_MODELS + BASELINES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--federated",
+        default="",
+        help="datasets to also federate HXR-150 pre-warmed on, e.g. pneumoniamnist,cxr4",
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--prewarm-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -156,17 +282,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
-    done = {(r["dataset"], r["model"], r["variant"]) for r in read_results(results_path)}
+    done = {
+        (r["dataset"], r["setting"], r["model"], r["variant"]) for r in read_results(results_path)
+    }
     variants = set(args.variants.split(","))
-    for dataset_name in args.datasets.split(","):
+    for dataset_name in [name for name in args.datasets.split(",") if name]:
         for model, variant in configurations(args.models.split(",")):
-            if (dataset_name, model, variant) in done or variant not in variants:
+            if (dataset_name, CENTRALIZED, model, variant) in done or variant not in variants:
                 continue
             print(f"{dataset_name}: {model} {variant} ...", flush=True)
-            row = {"dataset": dataset_name, **run_one(DATASETS[dataset_name], model, variant, args)}
-            with results_path.open("a") as stream:
-                stream.write(json.dumps(row) + "\n")
-            print(f"  accuracy {row['accuracy']:.4f}  AUC {row['auc']}", flush=True)
+            teacher_row = next(
+                (
+                    r
+                    for r in read_results(results_path)
+                    if (r["dataset"], r["setting"], r["model"], r["variant"])
+                    == (dataset_name, CENTRALIZED, TEACHER, "scratch")
+                ),
+                None,
+            )
+            row = run_one(dataset_name, model, variant, args, teacher_row)
+            append(results_path, {"dataset": dataset_name, **row})
+    for dataset_name in [name for name in args.federated.split(",") if name]:
+        if (dataset_name, "federated", FEDERATED_MODEL, "prewarmed") in done:
+            continue
+        print(f"{dataset_name}: {FEDERATED_MODEL} prewarmed, federated ...", flush=True)
+        for row in run_federated(dataset_name, args):
+            append(results_path, {"dataset": dataset_name, **row})
     rows = read_results(results_path)
     plot(rows, args.out / "frontier.png")
     header = (

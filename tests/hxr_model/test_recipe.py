@@ -1,7 +1,9 @@
 import pytest
+import torch
 
 from hxr_model.data import load_splits
 from hxr_model.distill import DistillConfig
+from hxr_model.models import build_model
 from hxr_model.prewarm import PrewarmConfig
 from hxr_model.recipe import fit
 from hxr_model.training import TrainConfig
@@ -38,3 +40,26 @@ def test_distilled_recipe_trains_the_teacher_first(splits) -> None:
     assert outcome.report["teacher"]["model"] == "hxr100"
     assert "prewarm" not in outcome.report
     assert outcome.seconds > outcome.report["training"]["seconds"]
+
+
+def test_a_trained_teacher_is_reused_as_given(splits) -> None:
+    """The frontier trains ResNet-18 once and distils every student from it."""
+    teachers = [build_model("hxr100", len(splits.class_names)) for _ in range(2)]
+    with torch.no_grad():
+        teachers[1].head[1].weight.mul_(-1)
+    before = {k: v.clone() for k, v in teachers[0].state_dict().items()}
+    students = []
+    for teacher in teachers:
+        outcome = fit(
+            "hxr50",
+            splits,
+            TrainConfig(epochs=1, seed=0, **QUIET),
+            distill_config=DistillConfig(teacher="hxr100"),
+            trained_teacher=teacher,
+        )
+        assert outcome.report["teacher"] == {"model": "hxr100", "reused": True}
+        assert outcome.seconds == outcome.report["training"]["seconds"]
+        students.append(outcome.model.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in teachers[0].state_dict().items())
+    # Different teachers, same seed: the students differ only through the teachers' targets.
+    assert any(not torch.equal(students[0][k], students[1][k]) for k in students[0])
