@@ -7,8 +7,8 @@ its site, because `flwr.simulation.run_simulation` gives ClientApps no run confi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from logging import ERROR, INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -79,7 +79,11 @@ def node_site(context: Context) -> SiteConfig:
 
 @dataclass(frozen=True)
 class SimulatedSites:
-    """In-process simulation: node k plays partition k of `data` (picklable for Ray actors)."""
+    """In-process simulation: node k plays partition k of `data` (picklable for Ray actors).
+
+    `label_map` applies at every clinic; `site_label_maps` (by clinic number, from 1) replaces it
+    at the clinics named, e.g. one clinic that swaps two classes in the label-flip study.
+    """
 
     data: str
     scheme: str
@@ -87,17 +91,26 @@ class SimulatedSites:
     privacy: PrivacyPolicy = "heatmap"
     device: str = "auto"
     skip_bad: bool = False
+    label_map: Mapping[str, str] = field(default_factory=dict)
+    site_label_maps: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
     def __call__(self, context: Context) -> SiteConfig:
-        return simulated_site(
+        return self.site(
             int(context.node_config[PARTITION_ID_KEY]),
             int(context.node_config[NUM_PARTITIONS_KEY]),
+        )
+
+    def site(self, index: int, num_sites: int) -> SiteConfig:
+        return simulated_site(
+            index,
+            num_sites,
             self.data,
             self.scheme,
             self.seed,
             privacy=self.privacy,
             device=self.device,
             skip_bad=self.skip_bad,
+            label_map=dict(self.site_label_maps.get(index + 1, self.label_map)),
         )
 
 

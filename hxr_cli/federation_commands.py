@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import get_args
 
+from hxr_cli.data_commands import parse_label_map
 from hxr_cli.model_commands import parse_device
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.refs import REF_FORMS, default_image_size
@@ -101,6 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Grad-CAM samples per class and clinic",
     )
     parser.add_argument("--skip-bad", action="store_true", help="leave unreadable files out")
+    parser.add_argument(
+        "--labels",
+        type=parse_label_map,
+        default=None,
+        help="classes to use at every clinic, e.g. 'normal,bacterial,viral' (other labels are "
+        "bad files: add --skip-bad) or 'NORMAL=normal,PNEUMONIA=pneumonia'",
+    )
     parser.add_argument("--seed", type=int, default=default["seed"], help="seeds everything")
     parser.add_argument("--cpus", type=int, default=None, help="cores for the clinics")
     parser.add_argument(
@@ -165,6 +173,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         privacy=args.privacy,
         gradcam_per_class=args.gradcam_per_class,
         skip_bad=args.skip_bad,
+        label_map=args.labels or {},
         seed=args.seed,
         cpus=args.cpus,
         device=args.device,
@@ -207,6 +216,24 @@ def run_simulate(args: argparse.Namespace) -> int:
             f"{name:>11}: accuracy {_percent(overall.get('accuracy'))}, balanced accuracy "
             f"{_percent(overall.get('balanced-accuracy'))} (mean over clinics)"
         )
+    return _final_round_verdict(run_dir)
+
+
+def _final_round_verdict(run_dir: Path) -> int:
+    """1 when the last round took no clinic's update: the run ended, but the federation did not
+    train (every clinic failed or was rejected); the reasons are in summary.json."""
+    from server.run_store import RunStore
+
+    records = RunStore(run_dir).read_rounds()
+    if records and not records[-1]["train"]["sites"]:
+        problems = records[-1]["failures"] + records[-1]["rejected"]
+        first = f"; first: {problems[0]['site']}: {problems[0]['reason']}" if problems else ""
+        print(
+            f"hxr: error: round {records[-1]['round']} accepted no clinic's update "
+            f"({len(problems)} failed or rejected{first}); see {run_dir / 'summary.json'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

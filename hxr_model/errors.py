@@ -23,6 +23,11 @@ class ConfigError(HXRError):
     """A configuration file or value that fails validation (names the field)."""
 
 
+class DivergedModelError(HXRError):
+    """A model whose outputs are NaN or infinite: its weights diverged (a learning rate too high,
+    privacy noise too strong) and no metric of it means anything."""
+
+
 def describe_validation_error(error: ValidationError, name: Callable[[str], str] = str) -> str:
     """`invalid value for 'field': problem` for pydantic's first complaint, on one line (repr
     keeps a key holding a line break on it); `name` spells field names the way the user wrote

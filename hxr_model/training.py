@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from hxr_model.augment import LIGHT, augment_batch
+from hxr_model.errors import DivergedModelError
 from hxr_model.memory_budget import batch_size_for_budget
 from hxr_model.metrics import PeakMemoryMeter, classification_metrics, youden_threshold
 from hxr_model.runtime import (
@@ -169,7 +170,14 @@ def predict_probabilities(
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(torch.as_tensor(batch_labels))
     model.train(was_training)
-    return torch.cat(labels).numpy(), torch.cat(probabilities).numpy()
+    stacked = torch.cat(probabilities)
+    broken = int((~torch.isfinite(stacked).all(dim=1)).sum()) if len(stacked) else 0
+    if broken:
+        raise DivergedModelError(
+            f"the model's outputs are NaN or infinite for {broken} of {len(stacked)} images: "
+            "its weights have diverged"
+        )
+    return torch.cat(labels).numpy(), stacked.numpy()
 
 
 def evaluate_classifier(

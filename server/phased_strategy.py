@@ -244,12 +244,18 @@ class PhasedStrategy(Strategy):
                 self._note("failures", stage, self._site(node), message.error.reason)
                 continue
             claimed = _site_name(message)
-            if claimed is not None:
-                self.site_of_node[node] = claimed
-            site = claimed or self._site(node)
+            registered = self.registered_names.get(node)
+            site = registered or claimed or self._site(node)
             try:
+                # An authenticated clinic must not speak for another (its results, its folder).
+                if registered is not None and claimed is not None and claimed != registered:
+                    raise UpdateRejected(
+                        f"claims to be site '{claimed}' but its SuperNode is registered as "
+                        f"'{registered}'"
+                    )
                 if claimed is None or claimed in accepted:
                     raise UpdateRejected("missing, invalid or duplicate site name")
+                self.site_of_node[node] = claimed
                 metrics = _metrics(message)
                 check_metrics(metrics, expected_metrics, len(self.config.classes))
             except UpdateRejected as error:

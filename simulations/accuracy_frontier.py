@@ -151,10 +151,10 @@ def run_federated(dataset_name: str, args: argparse.Namespace) -> list[dict[str,
     from simulations.federation import SimulationSettings, simulate
 
     dataset = DATASETS[dataset_name]
-    if dataset.label_map is not None:
-        raise SystemExit(f"{dataset_name}: the federation does not take a label map yet")
     settings = SimulationSettings(
         data=dataset.ref,
+        label_map=dataset.label_map or {},
+        skip_bad=dataset.label_map is not None,
         sites=FEDERATED_SITES,
         partition=FEDERATED_PARTITION,
         model=FEDERATED_MODEL,

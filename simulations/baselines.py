@@ -15,15 +15,19 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from client.site_config import simulated_site
 from client.site_data import FederationLabels, SiteData, load_site_data
-from hxr_model.data import DataSplits, load_splits
+from hxr_model.data import DataSplits
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
 from hxr_model.training import LabelledDataset, TrainConfig, evaluate_classifier, train_classifier
 from server.report import EVALUATION_KEYS, write_report, write_summary
 from server.run_store import RunStore
-from simulations.federation import SimulationSettings, federation_config
+from simulations.federation import (
+    SimulationSettings,
+    federation_config,
+    load_settings_splits,
+    simulated_sites,
+)
 
 ALL_SITES = "all clinics"
 
@@ -92,15 +96,9 @@ def compare_baselines(
     """Scores per clinic (and over all clinics) of the centralized and local-only models."""
     class_names = splits.class_names
     sites: dict[str, SiteData] = {}
+    clinics = simulated_sites(settings)
     for index in range(settings.sites):
-        site = simulated_site(
-            index,
-            settings.sites,
-            settings.data,
-            settings.partition,
-            settings.seed,
-            skip_bad=settings.skip_bad,
-        )
+        site = clinics.site(index, settings.sites)
         sites[site.name] = load_site_data(site, class_names, settings.image_size, settings.seed)
     identity = np.arange(len(class_names))
     pooled_train = FederationLabels(splits.train, identity, class_names)
@@ -120,9 +118,7 @@ def compare_baselines(
 
 def add_baselines(settings: SimulationSettings, run_dir: Path) -> dict[str, dict[str, dict]]:
     """Train both baselines and rewrite summary.json and report.html with the comparison."""
-    splits = load_splits(
-        settings.data, settings.image_size, skip_bad=settings.skip_bad, seed=settings.seed
-    )
+    splits = load_settings_splits(settings)
     baselines = compare_baselines(settings, splits)
     config = federation_config(settings, splits.class_names)
     store = RunStore(run_dir)

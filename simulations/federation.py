@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from client.site_config import PrivacyPolicy
-from hxr_model.data import load_splits, partition
+from hxr_model.data import DataSplits, load_splits, partition
 from hxr_model.data.refs import DEFAULT_IMAGE_SIZE
 from server.run_config import FederationConfig, StrategyName
+
+if TYPE_CHECKING:
+    from client.client_app import SimulatedSites
 
 DEFAULT_DATA = "synthetic:960:4"
 
@@ -55,6 +58,13 @@ class SimulationSettings(BaseModel):
     seed: int = 0
     privacy: PrivacyPolicy = "heatmap"
     skip_bad: bool = False
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="source label -> class, at every clinic"
+    )
+    site_label_maps: dict[int, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per clinic (numbered from 1), a label map replacing `label_map` there",
+    )
     gradcam_per_class: int = Field(2, ge=0, le=16)
     out: Path
     resume: bool = False
@@ -104,12 +114,43 @@ def backend_config(settings: SimulationSettings) -> dict:
     }
 
 
+def load_settings_splits(settings: SimulationSettings) -> DataSplits:
+    """The whole dataset as every clinic's label map names it (classes in federation order)."""
+    return load_splits(
+        settings.data,
+        settings.image_size,
+        skip_bad=settings.skip_bad,
+        seed=settings.seed,
+        label_map=settings.label_map or None,
+    )
+
+
+def quiet_flower() -> None:
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def simulated_sites(settings: SimulationSettings) -> SimulatedSites:
+    """The virtual clinics' site configs (imports Flower, quietly)."""
+    quiet_flower()
+    from client.client_app import SimulatedSites
+
+    return SimulatedSites(
+        settings.data,
+        settings.partition,
+        settings.seed,
+        privacy=settings.privacy,
+        device=settings.device,
+        skip_bad=settings.skip_bad,
+        label_map=settings.label_map,
+        site_label_maps=settings.site_label_maps,
+    )
+
+
 def check_partitions(settings: SimulationSettings) -> list[str]:
     """Load the data and partition every split here first: a scheme that leaves a clinic empty
     fails in one line before any actor starts. Returns the class names."""
-    splits = load_splits(
-        settings.data, settings.image_size, skip_bad=settings.skip_bad, seed=settings.seed
-    )
+    splits = load_settings_splits(settings)
     for split in (splits.train, splits.val, splits.test):
         if split is not None:
             partition(split, settings.partition, settings.sites, settings.seed)
@@ -118,25 +159,17 @@ def check_partitions(settings: SimulationSettings) -> list[str]:
 
 def simulate(settings: SimulationSettings) -> Path:
     """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+    quiet_flower()
     # Imported late: Flower reads the variables above when it is first imported.
     import ray
     from flwr.simulation import run_simulation
 
-    from client.client_app import SimulatedSites, build_client_app
+    from client.client_app import build_client_app
     from server.server_app import build_server_app
 
     class_names = check_partitions(settings)
     config = federation_config(settings, class_names)
-    sites = SimulatedSites(
-        settings.data,
-        settings.partition,
-        settings.seed,
-        privacy=settings.privacy,
-        device=settings.device,
-        skip_bad=settings.skip_bad,
-    )
+    sites = simulated_sites(settings)
     stop = threading.Event()
     try:
         run_simulation(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hxr_model.errors import ConfigError
+from hxr_model.errors import ConfigError, DivergedModelError
 from hxr_model.memory_budget import SAFETY_FACTOR, estimate_training_memory
 from hxr_model.metrics import PeakMemoryMeter
 from hxr_model.models import build_model
@@ -145,3 +145,12 @@ def test_a_one_class_validation_split_gives_no_threshold(squares_train, squares_
     )
     assert result.threshold is None
     assert result.val_metrics["n"] == len(only_empty)
+
+
+def test_a_diverged_model_is_one_clear_error_not_a_metric_crash(squares_val) -> None:
+    """Too much privacy noise or too high a rate: NaN weights must not reach the metrics."""
+    model = build_model("hxr50", 2)
+    with torch.no_grad():
+        model.head[1].bias[0] = float("nan")
+    with pytest.raises(DivergedModelError, match=f"NaN or infinite for {len(squares_val)} of"):
+        evaluate_classifier(model, squares_val, device="cpu")

@@ -12,6 +12,7 @@ import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -27,11 +28,14 @@ class LocalGrid(Grid):
     """Delivers each message straight to the ClientApp of its node, in the calling thread; an
     exception becomes an error reply, as Flower's runtime does."""
 
-    def __init__(self, apps: dict[int, ClientApp], partitions: int) -> None:
+    def __init__(
+        self, apps: dict[int, ClientApp], partitions: int, names: dict[int, str] | None = None
+    ) -> None:
         # Messages stamp the sender's identity, which Flower's runtimes set before any app runs.
         TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self.apps = apps
+        self.names = names or {}  # as the coordinator registered SuperNodes (deployment only)
         self.contexts = {
             node: Context(
                 run_id=1,
@@ -53,6 +57,9 @@ class LocalGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.apps)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return [NodeInfo(node_id=node, name=self.names.get(node, "")) for node in self.apps]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -82,12 +89,13 @@ def honest_app() -> ClientApp:
 
 @pytest.fixture
 def make_grid() -> Callable[..., LocalGrid]:
-    """`make_grid(*extra_apps)`: two honest clinics (partitions 1 and 2 of DATA) plus any
-    `extra_apps`, which ignore their partition."""
+    """`make_grid(*extra_apps, names=...)`: two honest clinics (partitions 1 and 2 of DATA, nodes
+    100 and 101) plus any `extra_apps`, which ignore their partition; `names` are registered
+    SuperNode names by node ID."""
 
-    def make(*extra_apps: ClientApp) -> LocalGrid:
+    def make(*extra_apps: ClientApp, names: dict[int, str] | None = None) -> LocalGrid:
         apps = [honest_app() for _ in range(SITES)] + list(extra_apps)
-        return LocalGrid({100 + index: app for index, app in enumerate(apps)}, SITES)
+        return LocalGrid({100 + index: app for index, app in enumerate(apps)}, SITES, names)
 
     return make
 

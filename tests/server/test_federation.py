@@ -137,6 +137,22 @@ def test_hostile_updates_are_rejected_logged_and_have_no_influence(
     }
 
 
+def test_a_registered_clinic_cannot_speak_for_another(make_grid, make_config, tmp_path) -> None:
+    """Deployment: the coordinator registered each SuperNode's name; node 102 is 'site-3' but
+    replies as 'site-1', to replace site-1's update or push it out as a duplicate."""
+    config = make_config(num_server_rounds=1, prewarm_rounds=0, min_nodes=3)
+    registered = {100: "site-1", 101: "site-2", 102: "site-3"}
+    grid = make_grid(hostile_app("site-1", lambda array: array), names=registered)
+    run_dir = run_federation(grid, config, run_id=1)
+
+    record = json.loads((run_dir / "rounds.jsonl").read_text())
+    assert sorted(record["train"]["sites"]) == ["site-1", "site-2"]
+    (rejected,) = record["rejected"]
+    assert rejected["site"] == "site-3"
+    assert "claims to be site 'site-1'" in rejected["reason"]
+    assert "registered as 'site-3'" in rejected["reason"]
+
+
 class Crash(Exception):
     """Stands in for the server process dying."""
 

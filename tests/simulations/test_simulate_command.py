@@ -84,3 +84,58 @@ def test_a_medmnist_federation_trains_at_the_files_own_size(
     main(["simulate", "--data", f"medmnist:{tmp_path / 'tiny.npz'}", *size_option,
           "--out", str(tmp_path / "run")])  # fmt: skip
     assert [settings.image_size for settings in chosen] == [expected]
+
+
+def test_labels_reach_every_clinic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--labels normal,bacterial,viral`: the Kermany subset of cxr4, at each clinic."""
+    import simulations.federation
+
+    chosen = []
+
+    def stop_after_settings(settings: simulations.federation.SimulationSettings) -> None:
+        chosen.append(settings)
+        raise ConfigError("stopped before starting the clinics")
+
+    monkeypatch.setattr(simulations.federation, "simulate", stop_after_settings)
+    main(["simulate", "--data", "synthetic:40:2", "--sites", "2", "--labels", "normal,viral=v",
+          "--out", str(tmp_path / "run")])  # fmt: skip
+    (settings,) = chosen
+    sites = simulations.federation.simulated_sites(settings)
+    expected = {"normal": "normal", "viral": "v"}
+    assert [sites.site(index, 2).label_map for index in range(2)] == [expected, expected]
+
+
+def test_a_federation_whose_last_round_took_no_update_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Every clinic failed: the run folder is kept, but the command must not report success.
+    The run itself is played by the real server over an in-process grid in tests/server; here
+    only its outcome on disk is given."""
+    import simulations.federation
+    from server.run_store import RunStore
+
+    failure = {"site": "site-1", "stage": "train", "reason": "DataError at the site"}
+
+    def every_clinic_fails(settings: simulations.federation.SimulationSettings) -> Path:
+        settings.out.mkdir(parents=True)
+        records = []
+        for number, sites in ((1, {"site-1": {"num-examples": 8}}), (2, {})):
+            records.append(
+                {
+                    "round": number,
+                    "train": {"aggregate": {}, "sites": sites},
+                    "rejected": [],
+                    "failures": [] if sites else [failure],
+                }
+            )
+        lines = "".join(json.dumps(record) + "\n" for record in records)
+        RunStore(settings.out).rounds_path.write_text(lines)
+        (settings.out / "summary.json").write_text("{}")
+        return settings.out
+
+    monkeypatch.setattr(simulations.federation, "simulate", every_clinic_fails)
+    out = tmp_path / "run"
+    assert main(["simulate", "--data", "synthetic:40:2", "--sites", "2", "--out", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hxr: error: round 2 accepted no clinic's update")
+    assert "site-1: DataError at the site" in error and "\n" not in error
