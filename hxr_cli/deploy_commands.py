@@ -73,6 +73,7 @@ def run_certs(args: argparse.Namespace) -> int:
     print(f"certificate authority: {made.ca_certificate} (give it to every clinic)")
     print(f"                       {made.ca_key} (keep offline; signs new certificates)")
     print(f"SuperLink TLS:         {made.superlink_certificate}, {made.superlink_key}")
+    print(f"SuperExec secret:      {made.superexec_secret} (SuperLink and SuperExec only)")
     for node in made.supernodes:
         print(f"clinic key pair:       {node.private_key} (to the clinic), {node.public_key}")
     print("next: register each .pub with `flwr supernode register` (see docs/consortium.md)")

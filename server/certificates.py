@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,13 @@ class ConsortiumCertificates:
     ca_key: Path
     superlink_certificate: Path
     superlink_key: Path
+    superexec_secret: Path  # shared by SuperLink and SuperExec, so no other process runs apps
     supernodes: list[SupernodeKeys]
 
     @property
     def private_files(self) -> list[Path]:
-        return [self.ca_key, self.superlink_key, *(node.private_key for node in self.supernodes)]
+        nodes = (node.private_key for node in self.supernodes)
+        return [self.ca_key, self.superlink_key, self.superexec_secret, *nodes]
 
     @property
     def all_files(self) -> list[Path]:
@@ -77,6 +80,7 @@ def planned_files(out: Path, supernodes: int) -> ConsortiumCertificates:
         ca_key=out / "ca.key",
         superlink_certificate=out / "superlink.crt",
         superlink_key=out / "superlink.key",
+        superexec_secret=out / "superexec.secret",
         supernodes=[
             SupernodeKeys(folder / supernode_name(index), folder / f"{supernode_name(index)}.pub")
             for index in range(supernodes)
@@ -219,6 +223,7 @@ def generate_certificates(
         PRIVATE_MODE,
     )
     _write(plan.superlink_certificate, superlink.public_bytes(pem), PUBLIC_MODE)
+    _write(plan.superexec_secret, secrets.token_hex(32).encode(), PRIVATE_MODE)
     for index, node in enumerate(plan.supernodes):
         key = ec.generate_private_key(CURVE)
         public = key.public_key().public_bytes(

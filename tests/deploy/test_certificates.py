@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
+from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
 from hxr_model.errors import ConfigError
@@ -51,7 +52,14 @@ def test_private_keys_are_readable_by_the_owner_only(made: ConsortiumCertificate
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for path in (made.ca_certificate, made.superlink_certificate, made.supernodes[0].public_key):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-    assert len(made.private_files) == 2 + 2
+    assert len(made.private_files) == 3 + 2
+
+
+def test_the_superexec_secret_is_random_and_loads_the_way_flower_loads_it(tmp_path: Path) -> None:
+    first, second = (generate_certificates(tmp_path / name, 1) for name in ("a", "b"))
+    secret = load_superexec_auth_secret(str(first.superexec_secret))
+    assert secret is not None and len(secret) == 64  # 32 random bytes, hex
+    assert secret != second.superexec_secret.read_bytes()
 
 
 def test_supernode_keys_load_the_way_flower_loads_them(made: ConsortiumCertificates) -> None:

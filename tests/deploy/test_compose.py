@@ -91,6 +91,21 @@ def test_superlink_serves_tls_authenticates_supernodes_and_keeps_state(
     assert superlink["ports"] == [f"{args.port}:{args.port}"] and args.host == "0.0.0.0"
 
 
+def test_only_the_superexec_holding_the_shared_secret_may_run_apps(
+    services: dict[str, Any],
+) -> None:
+    """In process isolation another container on the network could otherwise ask the SuperLink
+    for runs (and their weights); the secret, read-only in both, authenticates the SuperExec."""
+    sides = [
+        (parsed(superlink_parser, services["superlink"]), services["superlink"]),
+        (parsed(superexec_parser, services["superexec"]), services["superexec"]),
+    ]
+    for args, service in sides:
+        assert args.superexec_auth_secret_file, "SuperExec authentication must be on"
+        mount = mounts(service)[in_container(args.superexec_auth_secret_file)]
+        assert mount == ("./certs/superexec.secret", True)
+
+
 def test_superexec_verifies_the_superlink_and_keeps_the_results(
     services: dict[str, Any],
 ) -> None:
