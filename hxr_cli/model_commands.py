@@ -16,7 +16,7 @@ from hxr_model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpo
 from hxr_model.data import DataSplits, RadiographDataset, load_splits
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.decoding import decode_image_bytes
-from hxr_model.data.problems import describe_problems
+from hxr_model.data.problems import LISTED_PROBLEMS, describe_problems
 from hxr_model.data.refs import default_image_size
 from hxr_model.data.resizing import RESIZE_MODES, to_square
 from hxr_model.distill import DistillConfig
@@ -140,12 +140,13 @@ def load_data(args: argparse.Namespace, image_size: int) -> DataSplits:
     if splits.warnings:
         print(
             f"note: {len(splits.warnings)} image(s) kept with warnings (see hxr data check):\n"
-            f"{describe_problems(splits.warnings[:5])}",
+            f"{describe_problems(splits.warnings, 5)}",
             file=sys.stderr,
         )
     if splits.skipped:
         print(
-            f"skipped {len(splits.skipped)} bad file(s):\n{describe_problems(splits.skipped)}",
+            f"skipped {len(splits.skipped)} bad file(s):\n"
+            f"{describe_problems(splits.skipped, LISTED_PROBLEMS)}",
             file=sys.stderr,
         )
     return splits

@@ -9,6 +9,7 @@ Centralized configurations: HXR-50/100/150 x {scratch, pre-warmed, distilled fro
 MobileNetV2 and ResNet-18 from scratch, with the same epochs and seed. The ResNet-18 row is also
 the teacher of every distilled row, trained once per dataset and kept in `teachers/`; a
 distilled row's time and memory include the teacher's, as a user without a teacher would pay.
+Peak training memory is measured apart, per phase, in a fresh process (`memory.jsonl`).
 
 Federated configuration (`--federated`): HXR-150 pre-warmed over 5 virtual clinics (Dirichlet
 0.5), with the same clinics alone (local-only) and one model on all of them with the
@@ -18,7 +19,9 @@ federation's budget, via `hxr simulate --baselines`'s code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from hxr_model.checkpoint import load_checkpoint, save_checkpoint
@@ -122,11 +126,8 @@ def run_one(
             class_names=splits.class_names,
             image_size=DATASETS[dataset_name].image_size,
         )
-    # A distilled row pays for its teacher: trained here (in `outcome.seconds`) or reused.
-    teacher_cost = teacher_row if reuse_teacher else outcome.report.get("teacher", {})
-    assert teacher_cost is not None
-    peak_memory_mb = max(outcome.peak_memory_mb, teacher_cost.get("peak_memory_mb", 0.0))
-    seconds = outcome.seconds + (teacher_cost["seconds"] if reuse_teacher else 0.0)
+    # A distilled row pays for its teacher's time: trained here (in `outcome.seconds`) or reused.
+    seconds = outcome.seconds + (teacher_row["seconds"] if reuse_teacher and teacher_row else 0.0)
     validation = outcome.report["validation"]
     return {
         "setting": CENTRALIZED,
@@ -135,7 +136,6 @@ def run_one(
         "accuracy": validation["accuracy"],
         "balanced_accuracy": validation["balanced_accuracy"],
         "auc": validation["auc"],
-        "peak_memory_mb": peak_memory_mb,
         "seconds": seconds,
         "val_images": validation["n"],
         "skipped_files": len(splits.skipped),
@@ -188,6 +188,59 @@ def run_federated(dataset_name: str, args: argparse.Namespace) -> list[dict[str,
             }
         )
     return rows
+
+
+# Peak memory is reached in the first steps of a phase, so a short run of it tells.
+MEMORY_IMAGES = 512
+
+
+def _phase_memory_here(dataset_name: str, model: str, phase: str, out: Path, seed: int) -> float:
+    """One phase of one recipe on MEMORY_IMAGES training images, in this (fresh) process."""
+    torch.set_num_threads(1)
+    splits = load_dataset(DATASETS[dataset_name], seed)
+    few = splits.train.subset(np.arange(min(MEMORY_IMAGES, len(splits.train))))
+    splits = dataclasses.replace(splits, train=few)
+    quiet = {"device": "cpu", "progress": False, "seed": seed}
+    teacher_path = out / "teachers" / f"{dataset_name}-{TEACHER}.pt"
+    outcome = fit(
+        model,
+        splits,
+        TrainConfig(epochs=1, **quiet),
+        PrewarmConfig(epochs=1, batch_size=256, **quiet) if phase == "prewarm" else None,
+        DistillConfig(teacher=TEACHER) if phase == "distill" else None,
+        load_checkpoint(teacher_path).model if phase == "distill" else None,
+    )
+    if phase == "prewarm":
+        return outcome.report["prewarm"]["peak_memory_mb"]
+    return outcome.result.peak_memory_mb
+
+
+def phase_memory(dataset_name: str, model: str, phase: str, args: argparse.Namespace) -> float:
+    """Peak training memory of a phase (finetune, prewarm or distill) in a fresh process,
+    remembered in `memory.jsonl`. Measured apart from the training runs: a run in a process that
+    ran others before reuses their freed pages, and its RSS increase reads near zero."""
+    path = args.out / "memory.jsonl"
+    key = {"dataset": dataset_name, "model": model, "phase": phase}
+    for row in read_results(path):
+        if all(row[name] == value for name, value in key.items()):
+            return row["peak_memory_mb"]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        peak = pool.apply(_phase_memory_here, (dataset_name, model, phase, args.out, args.seed))
+    with path.open("a") as stream:
+        stream.write(json.dumps(key | {"peak_memory_mb": peak}) + "\n")
+    return peak
+
+
+def recipe_memory(row: dict[str, Any], args: argparse.Namespace) -> float:
+    """A centralized row's peak over its phases; a distilled row pays for its teacher's."""
+    dataset, model = row["dataset"], row["model"]
+    finetune = phase_memory(dataset, model, "finetune", args)
+    if row["variant"] == "prewarmed":
+        return max(finetune, phase_memory(dataset, model, "prewarm", args))
+    if row["variant"] == "distilled":
+        teacher = phase_memory(dataset, TEACHER, "finetune", args)
+        return max(phase_memory(dataset, model, "distill", args), teacher)
+    return finetune
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -309,6 +362,9 @@ def main() -> None:
         for row in run_federated(dataset_name, args):
             append(results_path, {"dataset": dataset_name, **row})
     rows = read_results(results_path)
+    for row in rows:
+        if row["setting"] == CENTRALIZED:
+            row["peak_memory_mb"] = recipe_memory(row, args)
     plot(rows, args.out / "frontier.png")
     header = (
         f"Measured {date.today()} on {platform.processor() or platform.machine()}, "

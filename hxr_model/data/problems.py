@@ -27,6 +27,14 @@ class ImageProblem(DataError):
         self.reason = reason
 
 
-def describe_problems(problems: Sequence[FileProblem]) -> str:
-    """One line per problem, in the order found."""
-    return "\n".join(f"  {problem.path}: {problem.reason}" for problem in problems)
+# Error messages name this many files; a wrong label map on a big folder would name thousands.
+LISTED_PROBLEMS = 20
+
+
+def describe_problems(problems: Sequence[FileProblem], limit: int | None = None) -> str:
+    """One line per problem, in the order found; past `limit`, a count of the rest."""
+    shown = problems if limit is None else problems[:limit]
+    lines = [f"  {problem.path}: {problem.reason}" for problem in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more (hxr data check lists them all)")
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hxr_model.data.dataset import RadiographDataset
-from hxr_model.data.problems import FileProblem, describe_problems
+from hxr_model.data.problems import LISTED_PROBLEMS, FileProblem, describe_problems
 from hxr_model.data.resizing import ResizeMode
 from hxr_model.data.scan import scan
 from hxr_model.errors import ConfigError, DataError
@@ -61,7 +61,7 @@ def load_splits(
     if result.problems and not skip_bad:
         raise DataError(
             f"{len(result.problems)} bad file(s) in {ref} (fix them, or pass --skip-bad to leave "
-            f"them out and count them):\n{describe_problems(result.problems)}"
+            f"them out and count them):\n{describe_problems(result.problems, LISTED_PROBLEMS)}"
         )
     dataset = result.dataset
     if not len(dataset):

@@ -73,6 +73,22 @@ def test_broken_files_are_refused_by_name_or_skipped_and_listed(tmp_path: Path) 
     assert set(splits.train.names + splits.val.names + splits.test.names) == good
 
 
+def test_a_refusal_names_twenty_files_and_counts_the_rest(tmp_path: Path) -> None:
+    """A wrong label map on a big folder must not print thousands of lines."""
+    folder = tmp_path / "clinic"
+    (folder / "normal").mkdir(parents=True)
+    for index in range(25):
+        (folder / "normal" / f"{index:02d}.png").write_bytes(b"not an image")
+    with pytest.raises(DataError) as refused:
+        load_splits(f"folder:{folder}", 32)
+    lines = str(refused.value).splitlines()
+    assert lines[0].startswith("25 bad file(s)")
+    assert [line.split(":")[0].strip() for line in lines[1:21]] == [
+        f"normal/{index:02d}.png" for index in range(20)
+    ]
+    assert lines[21:] == ["  ... and 5 more (hxr data check lists them all)"]
+
+
 def test_check_reports_every_problem_and_counts_the_rest(tmp_path: Path) -> None:
     clinic = tmp_path / "clinic"
     good, broken = write_clinic_folder(clinic)
