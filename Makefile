@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench frontier label-flip clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,13 @@ format: $(STAMP)
 
 bench: $(STAMP)  ## speed and memory against MobileNetV2 (issue 6 targets)
 	$(BIN)/hxr bench --models hxr150,mobilenet_v2 --resolution 224 --batch-size 32
+
+frontier: $(STAMP)  ## accuracy against memory on ../shared's data (hours; resumes where it stopped)
+	$(BIN)/python -m simulations.accuracy_frontier --out docs/frontier \
+		--datasets pneumoniamnist,cxr4,cxr4-kermany --federated pneumoniamnist --threads 1
+
+label-flip: $(STAMP)  ## one clinic of five swaps two classes: FedAvg against FedMedian
+	$(BIN)/python -m simulations.label_flip --out runs/label-flip --rounds 4
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

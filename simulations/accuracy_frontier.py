@@ -250,6 +250,17 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return [{"setting": CENTRALIZED, **row} for row in rows]
 
 
+def table_order(row: dict[str, Any]) -> tuple[int, bool, int, int]:
+    """Datasets as listed, centralized rows first, models and variants in configuration order."""
+    models = [*HXR_MODELS, *BASELINES]
+    return (
+        list(DATASETS).index(row["dataset"]),
+        row["setting"] != CENTRALIZED,
+        models.index(row["model"]),
+        VARIANTS.index(row["variant"]),
+    )
+
+
 def _figure(value: float | None, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
@@ -361,7 +372,7 @@ def main() -> None:
         print(f"{dataset_name}: {FEDERATED_MODEL} prewarmed, federated ...", flush=True)
         for row in run_federated(dataset_name, args):
             append(results_path, {"dataset": dataset_name, **row})
-    rows = read_results(results_path)
+    rows = sorted(read_results(results_path), key=table_order)
     for row in rows:
         if row["setting"] == CENTRALIZED:
             row["peak_memory_mb"] = recipe_memory(row, args)
