@@ -164,8 +164,13 @@ def run_federated(dataset_name: str, args: argparse.Namespace) -> list[dict[str,
         device="cpu",
         out=args.out / "federated" / dataset_name,
     )
-    run_dir = simulate(settings)
-    add_baselines(settings, run_dir)
+    # A finished federation in the run folder (e.g. from `hxr simulate --baselines` with these
+    # settings) is scored again rather than rerun: it takes an hour on two cores.
+    run_dir = settings.out
+    if not (run_dir / "summary.json").is_file():
+        simulate(settings)
+    if "baselines" not in json.loads((run_dir / "summary.json").read_text()):
+        add_baselines(settings, run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     site_peak = max(row["peak_memory_mb"] for row in summary["resources"].values())
     rows = []

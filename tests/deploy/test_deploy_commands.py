@@ -32,6 +32,7 @@ def test_certs_writes_keys_then_refuses_to_replace_them(
     assert written == [
         "ca.crt",
         "ca.key",
+        "superexec.secret",
         "superlink.crt",
         "superlink.key",
         "supernodes/supernode-1",
@@ -40,6 +41,7 @@ def test_certs_writes_keys_then_refuses_to_replace_them(
         "supernodes/supernode-2.pub",
     ]
     assert stat.S_IMODE((out / "supernodes" / "supernode-2").stat().st_mode) == 0o600
+    assert "superexec.secret (SuperLink and SuperExec only)" in capsys.readouterr().out
     key = (out / "superlink.key").read_bytes()
     capsys.readouterr()
     assert main(args) == 2
