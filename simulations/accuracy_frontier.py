@@ -316,7 +316,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                     xytext=(4, 2),
                     textcoords="offset points",
                 )
-            axis.set_xlabel("peak training memory (MB, process RSS increase)")
+            axis.set_xlabel("peak training memory (MB, RSS increase in a fresh process)")
             axis.set_ylabel(f"validation {metric}")
             axis.set_title(name)
             axis.grid(alpha=0.3)
