@@ -201,6 +201,23 @@ def environment(root: Path) -> dict[str, str]:
     }
 
 
+def tiny_run_config(out: Path, **settings: Any) -> dict[str, Any]:
+    """Tiny rounds (32 px, 16 images a clinic), two clinics suffice, no Grad-CAM;
+    `settings` (snake_case) add or override run-config keys."""
+    return {
+        "local-epochs": 1,
+        "prewarm-epochs": 1,
+        "model": "hxr50",
+        "image-size": 32,
+        "batch-size": 8,
+        "classes": "normal,pneumonia",
+        "min-nodes": 2,
+        "gradcam-per-class": 0,
+        "out-dir": str(out),
+        **{key.replace("_", "-"): value for key, value in settings.items()},
+    }
+
+
 def write_connection(home: Path, port: int, ca: Path) -> None:
     home.mkdir()
     (home / "config.toml").write_text(

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Consortium, alive, flower_app, running_consortium, skip_unless_runnable
+from harness import (
+    Consortium,
+    alive,
+    flower_app,
+    running_consortium,
+    skip_unless_runnable,
+    tiny_run_config,
+)
 
 from hxr_model.checkpoint import load_checkpoint
 
@@ -69,20 +76,13 @@ def test_two_rounds_over_tls_write_the_servers_results(consortium: Consortium) -
     out = consortium.root / "run"
     run_id = consortium.start_run(
         flower_app(consortium.root / "app"),
-        {
-            "num-server-rounds": 2,
-            "prewarm-rounds": 1,
-            "local-epochs": 1,
-            "prewarm-epochs": 1,
-            "model": "hxr50",
-            "image-size": 32,
-            "batch-size": 8,
-            "classes": "normal,pneumonia",
-            "min-nodes": 2,
-            "gradcam-per-class": 1,
-            "round-timeout": float(RUN_SECONDS),
-            "out-dir": str(out),
-        },
+        tiny_run_config(
+            out,
+            num_server_rounds=2,
+            prewarm_rounds=1,
+            gradcam_per_class=1,
+            round_timeout=float(RUN_SECONDS),
+        ),
     )
     consortium.finish(run_id, RUN_SECONDS)
 

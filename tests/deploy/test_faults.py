@@ -24,6 +24,7 @@ from harness import (
     flower_app,
     running_consortium,
     skip_unless_runnable,
+    tiny_run_config,
     wait_for,
 )
 
@@ -52,22 +53,6 @@ def fault_app(consortium: Consortium) -> Path:
     return flower_app(consortium.root / "app", clientapp="fault_injection:app")
 
 
-def run_config(out: Path, **settings: Any) -> dict[str, Any]:
-    """Tiny rounds (32 px, 16 images a clinic), two clinics suffice, no Grad-CAM."""
-    return {
-        "local-epochs": 1,
-        "prewarm-epochs": 1,
-        "model": "hxr50",
-        "image-size": 32,
-        "batch-size": 8,
-        "classes": "normal,pneumonia",
-        "min-nodes": 2,
-        "gradcam-per-class": 0,
-        "out-dir": str(out),
-        **{key.replace("_", "-"): value for key, value in settings.items()},
-    }
-
-
 def results(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     return rounds, json.loads((out / "summary.json").read_text())
@@ -83,7 +68,9 @@ def test_a_clinic_killed_mid_round_is_named_and_rejoins_a_later_round(
     out = consortium.root / "killed"
     run_id = consortium.start_run(
         fault_app,
-        run_config(out, num_server_rounds=4, prewarm_rounds=3, round_timeout=float(RUN_SECONDS)),
+        tiny_run_config(
+            out, num_server_rounds=4, prewarm_rounds=3, round_timeout=float(RUN_SECONDS)
+        ),
     )
 
     def server_log() -> str:
@@ -134,7 +121,7 @@ def test_a_clinic_slower_than_the_round_timeout_does_not_hold_up_the_federation(
     out = consortium.root / "slow"
     run_id = consortium.start_run(
         fault_app,
-        run_config(
+        tiny_run_config(
             out,
             num_server_rounds=1,
             prewarm_rounds=0,
