@@ -30,15 +30,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)  ## speed and memory against MobileNetV2 (issue 6 targets)
+bench: $(STAMP)  ## speed and memory against MobileNetV2 (ratio targets in docs/benchmarks.md)
 	$(BIN)/hxr bench --models hxr150,mobilenet_v2 --resolution 224 --batch-size 32
 
 frontier: $(STAMP)  ## accuracy against memory on ../shared's data (hours; resumes where it stopped)
-	$(BIN)/python -m simulations.accuracy_frontier --out docs/frontier \
+	$(BIN)/python -m experiments.accuracy_frontier --out docs/frontier \
 		--datasets pneumoniamnist,cxr4,cxr4-kermany --federated pneumoniamnist --threads 1
 
 label-flip: $(STAMP)  ## one clinic of five swaps two classes: FedAvg against FedMedian
-	$(BIN)/python -m simulations.label_flip --out runs/label-flip --rounds 4
+	$(BIN)/python -m experiments.label_flip --out runs/label-flip --rounds 4
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

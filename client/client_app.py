@@ -10,40 +10,32 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import ERROR, INFO
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common.logger import log
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from client.gradcam_samples import GradcamSamples
-from client.instructions import (
-    ARRAYS_KEY,
-    CONFIG_KEY,
-    GRADCAM_ARRAYS_KEY,
-    GRADCAM_META_KEY,
-    METRICS_KEY,
-    SITE_KEY,
-    STATISTICS_ACTION,
-    RoundInstructions,
-)
 from client.local_rounds import (
     evaluate_round,
     finetune_round,
     prewarm_round,
     statistics_round,
 )
-from client.model_state import from_record, to_record
 from client.site_config import (
     NUM_PARTITIONS_KEY,
     PARTITION_ID_KEY,
-    PrivacyPolicy,
     SiteConfig,
     simulated_site,
     site_from_node_config,
 )
 from client.site_data import SiteData, load_site_data
+from protocol.arrays import from_record, to_record
+from protocol.instructions import RoundInstructions
+from protocol.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, SITE_KEY, STATISTICS_ACTION
+from protocol.replies import Metrics, site_record
 
 SiteResolver = Callable[[Context], SiteConfig]
 Handler = Callable[[Message, Context], Message]
@@ -88,9 +80,8 @@ class SimulatedSites:
     data: str
     scheme: str
     seed: int
-    privacy: PrivacyPolicy = "heatmap"
-    device: str = "auto"
-    skip_bad: bool = False
+    # Further SiteConfig fields every virtual clinic shares (privacy, device, skip_bad).
+    shared: Mapping[str, Any] = field(default_factory=dict)
     label_map: Mapping[str, str] = field(default_factory=dict)
     site_label_maps: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
@@ -101,17 +92,9 @@ class SimulatedSites:
         )
 
     def site(self, index: int, num_sites: int) -> SiteConfig:
-        return simulated_site(
-            index,
-            num_sites,
-            self.data,
-            self.scheme,
-            self.seed,
-            privacy=self.privacy,
-            device=self.device,
-            skip_bad=self.skip_bad,
-            label_map=dict(self.site_label_maps.get(index + 1, self.label_map)),
-        )
+        label_map = dict(self.site_label_maps.get(index + 1, self.label_map))
+        settings = {**self.shared, "label_map": label_map}
+        return simulated_site(index, num_sites, self.data, self.scheme, self.seed, **settings)
 
 
 def _prepare(
@@ -125,16 +108,10 @@ def _prepare(
     return site, instructions, data
 
 
-def _gradcam_records(samples: GradcamSamples) -> dict[str, ArrayRecord | ConfigRecord]:
-    arrays = {"heatmaps": samples.heatmaps}
-    if samples.images is not None:
-        arrays["images"] = samples.images
-    return {
-        GRADCAM_ARRAYS_KEY: to_record(arrays),
-        GRADCAM_META_KEY: ConfigRecord(
-            {"labels": samples.labels, "predictions": samples.predictions}
-        ),
-    }
+def _reply(message: Message, site: SiteConfig, metrics: Metrics, **records: Any) -> Message:
+    """A reply in the protocol's shape: who answers and its typed metrics, then `records`."""
+    content = {METRICS_KEY: metrics.to_record(), SITE_KEY: site_record(site.name), **records}
+    return Message(RecordDict(content), reply_to=message)
 
 
 def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
@@ -153,32 +130,18 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
             site.name,
             instructions.phase,
             instructions.server_round,
-            metrics["num-examples"],
-            metrics["seconds"],
-            metrics["train-loss"],
+            metrics.num_examples,
+            metrics.seconds,
+            metrics.train_loss,
         )
-        content = RecordDict(
-            {
-                ARRAYS_KEY: to_record(update),
-                METRICS_KEY: MetricRecord(metrics),
-                SITE_KEY: ConfigRecord({"name": site.name}),
-            }
-        )
-        return Message(content, reply_to=message)
+        return _reply(message, site, metrics, **{ARRAYS_KEY: to_record(update)})
 
     @app.query(STATISTICS_ACTION)
     def statistics(message: Message, context: Context) -> Message:
         site, instructions, data = _prepare(message, context, resolve_site)
         state = from_record(message.content[ARRAYS_KEY])
         arrays, metrics = statistics_round(state, instructions, site, data)
-        content = RecordDict(
-            {
-                ARRAYS_KEY: to_record(arrays),
-                METRICS_KEY: MetricRecord(metrics),
-                SITE_KEY: ConfigRecord({"name": site.name}),
-            }
-        )
-        return Message(content, reply_to=message)
+        return _reply(message, site, metrics, **{ARRAYS_KEY: to_record(arrays)})
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
@@ -186,13 +149,7 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
         metrics, samples = evaluate_round(
             from_record(message.content[ARRAYS_KEY]), instructions, site, data
         )
-        records: dict = {
-            METRICS_KEY: MetricRecord(metrics),
-            SITE_KEY: ConfigRecord({"name": site.name}),
-        }
-        if samples is not None:
-            records.update(_gradcam_records(samples))
-        return Message(RecordDict(records), reply_to=message)
+        return _reply(message, site, metrics, **(samples.to_records() if samples else {}))
 
     return app
 

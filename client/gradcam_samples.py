@@ -7,8 +7,6 @@ sample is a few hundred bytes; nothing identifies the image it came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,14 +14,7 @@ import torch.nn.functional as F
 from client.site_data import FederationLabels
 from hxr_model.gradcam import gradcam
 from hxr_model.models import RadiographClassifier
-
-
-@dataclass
-class GradcamSamples:
-    heatmaps: np.ndarray  # uint8 [N, size, size]
-    images: np.ndarray | None  # uint8 [N, size, size], overlay policy only
-    labels: list[int]
-    predictions: list[int]
+from protocol.gradcam_samples import GradcamSamples
 
 
 def pick_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> list[int]:

@@ -15,9 +15,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import ConcatDataset
 
-from client.gradcam_samples import GradcamSamples, gradcam_samples
-from client.instructions import PROJECTION_PREFIX, STATISTICS_SUFFIXES, RoundInstructions
-from client.model_state import federated_state, float_state, load_into, phase_state
+from client.gradcam_samples import gradcam_samples
 from client.site_config import SiteConfig
 from client.site_data import SiteData
 from hxr_model.models import RadiographClassifier, build_model
@@ -30,8 +28,17 @@ from hxr_model.training import (
     make_loader,
     train_classifier,
 )
+from protocol.gradcam_samples import GradcamSamples
+from protocol.instructions import RoundInstructions
+from protocol.model_state import federated_state, float_state, load_into
+from protocol.replies import (
+    EvaluateMetrics,
+    FinetuneMetrics,
+    PrewarmMetrics,
+    StatisticsMetrics,
+)
+from protocol.schedule import PROJECTION_PREFIX, is_statistic, phase_state
 
-Metrics = dict[str, float | int | list[float] | list[int]]
 State = dict[str, np.ndarray]
 
 
@@ -52,18 +59,32 @@ def _model(instructions: RoundInstructions) -> RadiographClassifier:
     return build_model(instructions.model, len(instructions.class_names))
 
 
-def _resources(result: TrainResult | PrewarmResult, data: SiteData) -> Metrics:
+def _resources(result: TrainResult | PrewarmResult, data: SiteData) -> dict[str, float | int]:
     return {
-        "peak-memory-mb": float(result.peak_memory_mb),
+        "peak_memory_mb": float(result.peak_memory_mb),
         "seconds": float(result.seconds),
-        "images-per-s": float(result.images_per_s),
-        "skipped-files": int(data.skipped),
+        "images_per_s": float(result.images_per_s),
+        "skipped_files": int(data.skipped),
+    }
+
+
+def _loop_settings(instructions: RoundInstructions, site: SiteConfig) -> dict[str, Any]:
+    """The local loop's settings both phases share: the server's schedule, the site's device
+    and memory budget, and a seed fixed by run, round and site."""
+    return {
+        "epochs": instructions.local_epochs,
+        "batch_size": instructions.batch_size,
+        "learning_rate": instructions.learning_rate,
+        "seed": instructions.site_seed(site.name),
+        "device": site.device,
+        "max_memory_mb": site.max_memory_mb,
+        "progress": False,
     }
 
 
 def prewarm_round(
     state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> tuple[State, Metrics]:
+) -> tuple[State, PrewarmMetrics]:
     """SimCLR on every labelled-or-not training image; returns encoder + projection head.
 
     The test split stays out: it must remain unseen to score the model honestly.
@@ -74,65 +95,50 @@ def prewarm_round(
     load_into(projection, state, "prewarm", PROJECTION_PREFIX)
     images = ConcatDataset([data.train, data.val]) if len(data.val) else data.train
     config = PrewarmConfig(
-        epochs=instructions.local_epochs,
-        batch_size=instructions.batch_size,
-        learning_rate=instructions.learning_rate,
+        **_loop_settings(instructions, site),
         temperature=instructions.temperature,
         projection_dim=instructions.projection_dim,
-        seed=instructions.site_seed(site.name),
-        device=site.device,
-        max_memory_mb=site.max_memory_mb,
-        progress=False,
     )
     result = prewarm_encoder(model, images, config, projection)
-    metrics: Metrics = {
-        "num-examples": len(images),
-        "train-loss": float(result.losses[-1]) if result.losses else math.nan,
+    metrics = PrewarmMetrics(
+        num_examples=len(images),
+        train_loss=float(result.losses[-1]) if result.losses else math.nan,
         **_resources(result, data),
-    }
+    )
     return phase_state(federated_state(model, projection), "prewarm"), metrics
 
 
 def finetune_round(
     state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> tuple[State, Metrics]:
+) -> tuple[State, FinetuneMetrics]:
     """Supervised local training (with the FedProx term when the server asks for one)."""
     model = _model(instructions)
     load_into(model, state, "finetune")
     reference = {name: p.detach().clone() for name, p in model.named_parameters()}
-    config = TrainConfig(
-        epochs=instructions.local_epochs,
-        batch_size=instructions.batch_size,
-        learning_rate=instructions.learning_rate,
-        seed=instructions.site_seed(site.name),
-        device=site.device,
-        max_memory_mb=site.max_memory_mb,
-        progress=False,
-        proximal_mu=instructions.proximal_mu,
-    )
+    config = TrainConfig(**_loop_settings(instructions, site), proximal_mu=instructions.proximal_mu)
     val = data.val if len(data.val) else None
     result = train_classifier(model, data.train, val, config, reference_weights=reference)
     val_metrics = result.val_metrics or {}
-    metrics: Metrics = {
-        "num-examples": len(data.train),
-        "train-loss": float(result.history[-1]["train_loss"]) if result.history else math.nan,
-        "val-accuracy": _number(val_metrics.get("accuracy")),
-        "val-balanced-accuracy": _number(val_metrics.get("balanced_accuracy")),
-        "val-auc": _number(val_metrics.get("auc")),
-        "val-threshold": _number(result.threshold),
-        "per-class-recall": (
+    metrics = FinetuneMetrics(
+        num_examples=len(data.train),
+        train_loss=float(result.history[-1]["train_loss"]) if result.history else math.nan,
+        val_accuracy=_number(val_metrics.get("accuracy")),
+        val_balanced_accuracy=_number(val_metrics.get("balanced_accuracy")),
+        val_auc=_number(val_metrics.get("auc")),
+        val_threshold=_number(result.threshold),
+        per_class_recall=(
             _per_class_recall(val_metrics, instructions.class_names)
             if val_metrics
             else [math.nan] * len(instructions.class_names)
         ),
         **_resources(result, data),
-    }
+    )
     return phase_state(float_state(model), "finetune"), metrics
 
 
 def statistics_round(
     state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> tuple[State, Metrics]:
+) -> tuple[State, StatisticsMetrics]:
     """BatchNorm statistics of the aggregated weights on this site's training images.
 
     Statistics averaged from the sites' own models describe features those models made, not
@@ -149,14 +155,14 @@ def statistics_round(
     statistics = {
         name: tensor.detach().cpu().numpy()
         for name, tensor in model.state_dict().items()
-        if name.endswith(STATISTICS_SUFFIXES)
+        if is_statistic(name)
     }
-    return statistics, {"num-examples": len(data.train)}
+    return statistics, StatisticsMetrics(num_examples=len(data.train))
 
 
 def evaluate_round(
     state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> tuple[Metrics, GradcamSamples | None]:
+) -> tuple[EvaluateMetrics, GradcamSamples | None]:
     """Score the global model on local held-out images; Grad-CAM samples as the policy allows."""
     model = _model(instructions)
     load_into(model, state, "finetune")
@@ -164,16 +170,16 @@ def evaluate_round(
     metrics = evaluate_classifier(
         model, dataset, batch_size=max(instructions.batch_size, 64), device=site.device
     )
-    summary: Metrics = {
-        "num-examples": int(metrics["n"]),
-        "accuracy": float(metrics["accuracy"]),
-        "balanced-accuracy": float(metrics["balanced_accuracy"]),
-        "auc": _number(metrics["auc"]),
-        "loss": float(metrics["loss"]),
-        "ece": float(metrics["ece"]),
-        "per-class-recall": _per_class_recall(metrics, instructions.class_names),
-        "confusion-matrix": [int(v) for row in metrics["confusion_matrix"] for v in row],
-    }
+    summary = EvaluateMetrics(
+        num_examples=int(metrics["n"]),
+        accuracy=float(metrics["accuracy"]),
+        balanced_accuracy=float(metrics["balanced_accuracy"]),
+        auc=_number(metrics["auc"]),
+        loss=float(metrics["loss"]),
+        ece=float(metrics["ece"]),
+        per_class_recall=_per_class_recall(metrics, instructions.class_names),
+        confusion_matrix=[int(v) for row in metrics["confusion_matrix"] for v in row],
+    )
     samples = None
     if site.privacy != "none" and instructions.gradcam_per_class > 0:
         samples = gradcam_samples(

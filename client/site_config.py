@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hxr_model.data.label_map import parse_label_map
 from hxr_model.data.refs import anchor_ref
 from hxr_model.errors import ConfigError, describe_validation_error
+from protocol.site_names import SITE_NAME_PATTERN
 
 PrivacyPolicy = Literal["none", "heatmap", "overlay"]
 
 SITE_CONFIG_KEY = "site-config"
-# Site names become folder and file names on the server, so they are kept to a safe alphabet.
-SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 
@@ -83,17 +83,6 @@ def load_site_config(path: Path) -> SiteConfig:
     return site.model_copy(update={"data": anchor_ref(site.data, path.resolve().parent)})
 
 
-def parse_label_map(text: str) -> dict[str, str]:
-    """`"pneumonia=bacterial_pneumonia,ok=normal"` -> mapping (node configs hold only scalars)."""
-    pairs: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        local, sep, federated = (side.strip() for side in item.partition("="))
-        if not sep or not local or not federated:
-            raise ConfigError(f"node config: invalid value for 'label-map': {item!r} is not a=b")
-        pairs[local] = federated
-    return pairs
-
-
 def _from_key_values(node_config: Mapping[str, Any]) -> SiteConfig:
     values: dict[str, Any] = {
         key.replace("-", "_"): value
@@ -103,7 +92,10 @@ def _from_key_values(node_config: Mapping[str, Any]) -> SiteConfig:
     if "site_name" in values:
         values["name"] = values.pop("site_name")
     if isinstance(values.get("label_map"), str):
-        values["label_map"] = parse_label_map(values["label_map"])
+        try:
+            values["label_map"] = parse_label_map(values["label_map"])
+        except ConfigError as error:
+            raise ConfigError(f"node config: invalid value for 'label-map': {error}") from None
     return validate_site_config(values, "node config")
 
 

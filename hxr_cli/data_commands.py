@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from hxr_model.data import check_data, load_splits, partition, partition_table
+from hxr_model.data import DataSplits, check_data, load_splits, partition, partition_table
+from hxr_model.data.label_map import parse_label_map
 from hxr_model.data.partition import SCHEMES
-from hxr_model.data.problems import describe_problems
+from hxr_model.data.problems import LISTED_PROBLEMS, describe_problems
 from hxr_model.data.resizing import RESIZE_MODES
 from hxr_model.errors import ConfigError
+
+LABELS_HELP = (
+    "labels to use, other labels are bad files: NAME keeps a label, LOCAL=CLASS renames it, "
+    "e.g. 'normal,pneumonia' or 'NORMAL=normal,BACTERIA=pneumonia,VIRUS=pneumonia'"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,27 +45,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA_REF", help="e.g. csv:FILE, folder:DIR, synthetic")
     parser.add_argument("--image-size", type=int, default=64, help="decode at S x S (cached)")
+    add_reading_arguments(parser)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--resize` and `--labels`, read the same way by every command that loads a dataset."""
     parser.add_argument("--resize", default="pad", choices=RESIZE_MODES)
     parser.add_argument(
-        "--labels",
-        type=parse_label_map,
-        default=None,
-        metavar="MAP",
-        help="accepted labels, e.g. 'normal,pneumonia' or 'NORMAL=normal,PNEUMONIA=pneumonia'",
+        "--labels", type=label_map_argument, default=None, metavar="MAP", help=LABELS_HELP
     )
 
 
-def parse_label_map(text: str) -> dict[str, str]:
-    """`a,b` accepts labels a and b as they are; `raw=name` renames (several raws may share a
-    name). Class order is the order names first appear."""
-    mapping: dict[str, str] = {}
-    for item in text.split(","):
-        raw, _, name = item.partition("=")
-        raw, name = raw.strip(), (name or raw).strip()
-        if not raw or not name:
-            raise argparse.ArgumentTypeError(f"bad label map item '{item}' in '{text}'")
-        mapping[raw] = name
-    return mapping
+def label_map_argument(text: str) -> dict[str, str]:
+    """`--labels MAP` in the shared label-map grammar; a bad item becomes argparse's one-line
+    usage error (argparse only turns ArgumentTypeError into one)."""
+    try:
+        return parse_label_map(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def load_data(args: argparse.Namespace, image_size: int) -> DataSplits:
+    """`load_splits` from the data options, with kept warnings and skipped files on stderr."""
+    splits = load_splits(
+        args.data,
+        image_size,
+        skip_bad=args.skip_bad,
+        seed=args.seed,
+        resize=args.resize,
+        label_map=args.labels,
+    )
+    if splits.warnings:
+        print(
+            f"note: {len(splits.warnings)} image(s) kept with warnings (see hxr data check):\n"
+            f"{describe_problems(splits.warnings, 5)}",
+            file=sys.stderr,
+        )
+    if splits.skipped:
+        print(
+            f"skipped {len(splits.skipped)} bad file(s):\n"
+            f"{describe_problems(splits.skipped, LISTED_PROBLEMS)}",
+            file=sys.stderr,
+        )
+    return splits
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -81,20 +110,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_partition(args: argparse.Namespace) -> int:
-    splits = load_splits(
-        args.data,
-        args.image_size,
-        skip_bad=args.skip_bad,
-        seed=args.seed,
-        resize=args.resize,
-        label_map=args.labels,
-    )
+    splits = load_data(args, args.image_size)
     dataset = getattr(splits, args.split)
     if dataset is None:
         raise ConfigError(f"{args.data} has no {args.split} split")
     parts = partition(dataset, args.partition, args.sites, args.seed)
     print(f"{args.data}, {args.split} split, partition {args.partition}, {args.sites} sites:")
     print(partition_table(dataset, parts))
-    if splits.skipped:
-        print(f"skipped {len(splits.skipped)} bad file(s)")
     return 0

@@ -12,23 +12,57 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-from hxr_cli.data_commands import parse_label_map
+from pydantic import BaseModel
+
+from hxr_cli.data_commands import label_map_argument
 from hxr_cli.model_commands import parse_device
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.refs import REF_FORMS, default_image_size
 from hxr_model.errors import ConfigError
 from hxr_model.models import model_names
 
+if TYPE_CHECKING:
+    from simulations.federation import SimulationSettings
+
+# Flags that differ from the field's kebab-case name, kept from the first release of the CLI.
+FLAG_NAMES = {"num_server_rounds": "--rounds", "learning_rate": "--lr"}
+# Settings `hxr simulate` takes in its own shape (below), or that only a program sets.
+OWN_OPTIONS = {"image_size", "label_map", "site_label_maps", "out", "data", "device", "model"}
+
+
+def add_settings_options(
+    parser: argparse.ArgumentParser, settings: type[BaseModel], skip: set[str]
+) -> None:
+    """One option per settings field: flag, type, choices, default and help come from the
+    model, so an option can never disagree with the setting it sets."""
+    for name, field in settings.model_fields.items():
+        if name in skip:
+            continue
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        # Options left out stay unset, so the settings know what the user chose (DP refuses an
+        # explicit --recalibrate-statistics, and turns the default off).
+        options: dict[str, Any] = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "help": f"{field.description} (default: {field.default})",
+        }
+        kind = field.annotation
+        if get_origin(kind) is Literal:
+            options["choices"] = list(get_args(kind))
+        elif kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = next(t for t in (int, float, str) if t == kind or t in get_args(kind))
+        parser.add_argument(flag, **options)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # Imported here so Flower is not imported before `simulate` sets its environment.
-    from client.site_config import PrivacyPolicy
-    from server.run_config import StrategyName
     from simulations.federation import SimulationSettings
 
-    default = {name: field.default for name, field in SimulationSettings.model_fields.items()}
+    fields = SimulationSettings.model_fields
     parser = subparsers.add_parser(
         "simulate",
         help="federated training of virtual clinics with Flower's simulation engine",
@@ -39,81 +73,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "report.html, rounds.jsonl, per-site CSVs and Grad-CAM PNGs under OUT/gradcam."
         ),
     )
-    parser.add_argument("--data", default=default["data"], help=f"data reference: {REF_FORMS}")
     parser.add_argument(
-        "--sites", type=int, default=default["sites"], help="number of virtual clinics"
+        "--data", default=fields["data"].default, help=f"data reference: {REF_FORMS}"
     )
     parser.add_argument(
-        "--partition",
-        default=default["partition"],
-        help="iid, dirichlet:ALPHA[:MIN], quantity:..., or by-source (one clinic per scanner)",
-    )
-    parser.add_argument("--rounds", type=int, default=default["rounds"], help="rounds in total")
-    parser.add_argument(
-        "--prewarm-rounds",
-        type=int,
-        default=default["prewarm_rounds"],
-        help="the first rounds pre-warm the encoder (SimCLR)",
-    )
-    parser.add_argument(
-        "--local-epochs",
-        type=int,
-        default=default["local_epochs"],
-        help="fine-tuning epochs per round",
-    )
-    parser.add_argument(
-        "--prewarm-epochs",
-        type=int,
-        default=default["prewarm_epochs"],
-        help="SimCLR epochs per round",
-    )
-    parser.add_argument(
-        "--model", default=default["model"], choices=model_names(), help="model variant"
+        "--model", default=fields["model"].default, choices=model_names(), help="model variant"
     )
     parser.add_argument(
         "--image-size",
         type=int,
         default=None,
         help=f"images are S x S px (default: a MedMNIST file's own size, else "
-        f"{default['image_size']})",
+        f"{fields['image_size'].default})",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=default["batch_size"], help="local batch size"
-    )
-    parser.add_argument(
-        "--lr", type=float, default=default["learning_rate"], help="local fine-tuning rate"
-    )
-    parser.add_argument(
-        "--strategy",
-        default=default["strategy"],
-        choices=get_args(StrategyName),
-        help="aggregation rule",
-    )
-    parser.add_argument(
-        "--privacy",
-        default=default["privacy"],
-        choices=get_args(PrivacyPolicy),
-        help="what Grad-CAM samples the clinics share",
-    )
-    parser.add_argument(
-        "--gradcam-per-class",
-        type=int,
-        default=default["gradcam_per_class"],
-        help="Grad-CAM samples per class and clinic",
-    )
-    parser.add_argument("--skip-bad", action="store_true", help="leave unreadable files out")
     parser.add_argument(
         "--labels",
-        type=parse_label_map,
+        dest="label_map",
+        type=label_map_argument,
         default=None,
         help="classes to use at every clinic, e.g. 'normal,bacterial,viral' (other labels are "
         "bad files: add --skip-bad) or 'NORMAL=normal,PNEUMONIA=pneumonia'",
     )
-    parser.add_argument("--seed", type=int, default=default["seed"], help="seeds everything")
-    parser.add_argument("--cpus", type=int, default=None, help="cores for the clinics")
     parser.add_argument(
         "--device",
-        default=default["device"],
+        default=fields["device"].default,
         type=parse_device,
         choices=["auto", "cpu", "cuda"],
         help="torch device",
@@ -121,27 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="run folder (default: runs/sim-<time>)"
     )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out after its last round"
-    )
-    parser.add_argument(
-        "--dp-noise-multiplier",
-        type=float,
-        default=default["dp_noise_multiplier"],
-        help="client-level differential privacy: noise std over clipping norm (0 = off)",
-    )
-    parser.add_argument(
-        "--dp-clipping-norm",
-        type=float,
-        default=default["dp_clipping_norm"],
-        help="under DP, each clinic's update is clipped to this L2 norm",
-    )
-    parser.add_argument(
-        "--dp-delta",
-        type=float,
-        default=default["dp_delta"],
-        help="under DP, the delta at which the summary reports epsilon",
-    )
+    add_settings_options(parser, SimulationSettings, OWN_OPTIONS)
     parser.add_argument(
         "--baselines",
         action="store_true",
@@ -150,45 +113,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_simulate)
 
 
+def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
+    """The simulation `args` describe: the options given, the settings' defaults otherwise."""
+    from simulations.federation import SimulationSettings
+
+    if getattr(args, "resume", False) and args.out is None:
+        raise ConfigError("--resume needs --out naming the run folder to continue")
+    values = {name: getattr(args, name) for name in SimulationSettings.model_fields if name in args}
+    values["out"] = args.out or Path("runs") / datetime.now().strftime("sim-%Y%m%d-%H%M%S")
+    values["image_size"] = args.image_size or default_image_size(args.data, default_cache_dir())
+    values["label_map"] = args.label_map or {}
+    return SimulationSettings.model_validate(values)
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from simulations.baselines import ALL_SITES, add_baselines
-    from simulations.federation import SimulationSettings, simulate
+    from simulations.federation import simulate
 
-    if args.resume and args.out is None:
-        raise ConfigError("--resume needs --out naming the run folder to continue")
-    out = args.out or Path("runs") / datetime.now().strftime("sim-%Y%m%d-%H%M%S")
-    settings = SimulationSettings(
-        data=args.data,
-        sites=args.sites,
-        partition=args.partition,
-        rounds=args.rounds,
-        prewarm_rounds=args.prewarm_rounds,
-        local_epochs=args.local_epochs,
-        prewarm_epochs=args.prewarm_epochs,
-        model=args.model,
-        image_size=args.image_size or default_image_size(args.data, default_cache_dir()),
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        strategy=args.strategy,
-        privacy=args.privacy,
-        gradcam_per_class=args.gradcam_per_class,
-        skip_bad=args.skip_bad,
-        label_map=args.labels or {},
-        seed=args.seed,
-        cpus=args.cpus,
-        device=args.device,
-        out=out,
-        resume=args.resume,
-        dp_noise_multiplier=args.dp_noise_multiplier,
-        dp_clipping_norm=args.dp_clipping_norm,
-        dp_delta=args.dp_delta,
-    )
+    settings = settings_from_args(args)
     try:
         run_dir = simulate(settings)
     except KeyboardInterrupt:
         # Ray is shut down and every completed round is on disk, but a Flower simulation thread
         # may still wait on a Ray actor the interrupt killed: end the process without joining it.
-        print(f"hxr: interrupted; continue with --resume --out {out}", file=sys.stderr)
+        print(f"hxr: interrupted; continue with --resume --out {settings.out}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
@@ -225,11 +173,11 @@ def _final_round_verdict(run_dir: Path) -> int:
     from server.run_store import RunStore
 
     records = RunStore(run_dir).read_rounds()
-    if records and not records[-1]["train"]["sites"]:
-        problems = records[-1]["failures"] + records[-1]["rejected"]
-        first = f"; first: {problems[0]['site']}: {problems[0]['reason']}" if problems else ""
+    if records and records[-1].accepted_no_update:
+        problems = records[-1].failures + records[-1].rejected
+        first = f"; first: {problems[0].site}: {problems[0].reason}" if problems else ""
         print(
-            f"hxr: error: round {records[-1]['round']} accepted no clinic's update "
+            f"hxr: error: round {records[-1].round} accepted no clinic's update "
             f"({len(problems)} failed or rejected{first}); see {run_dir / 'summary.json'}",
             file=sys.stderr,
         )

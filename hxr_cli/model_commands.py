@@ -6,19 +6,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 import torch
 
-from hxr_cli.data_commands import parse_label_map
+from hxr_cli.data_commands import add_reading_arguments, load_data
 from hxr_model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
-from hxr_model.data import DataSplits, RadiographDataset, load_splits
+from hxr_model.data import DataSplits, RadiographDataset
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.decoding import decode_image_bytes
-from hxr_model.data.problems import LISTED_PROBLEMS, describe_problems
 from hxr_model.data.refs import default_image_size
-from hxr_model.data.resizing import RESIZE_MODES, to_square
+from hxr_model.data.resizing import to_square
 from hxr_model.distill import DistillConfig
 from hxr_model.errors import DataError, HXRError
 from hxr_model.gradcam import gradcam, save_overlay_png
@@ -27,9 +26,15 @@ from hxr_model.models import model_names
 from hxr_model.prewarm import PrewarmConfig
 from hxr_model.recipe import fit
 from hxr_model.runtime import resolve_device
+from hxr_model.text_table import format_table
 from hxr_model.training import Imbalance, Monitor, TrainConfig, evaluate_classifier
+from hxr_model.training_loop import LoopConfig
 
 DEFAULT_DATA = "synthetic:1200"
+# Options that set one value for every phase of `hxr train` (pre-warming, teacher, student).
+RUN_OPTIONS = ("seed", "device", "max_memory_mb", "progress")
+
+PhaseConfig = TypeVar("PhaseConfig", bound=LoopConfig)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--prewarm-epochs", type=int, default=0, help="SimCLR epochs first")
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=2e-3, help="fine-tuning learning rate")
+    train.add_argument(
+        "--lr", dest="learning_rate", type=float, default=2e-3, help="fine-tuning learning rate"
+    )
     train.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     train.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle", "constant"])
     train.add_argument("--label-smoothing", type=float, default=0.0)
@@ -62,10 +69,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=get_args(Monitor),
         help="validation metric that picks the kept epoch and drives early stopping",
     )
-    train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    train.add_argument(
+        "--early-stopping",
+        dest="early_stopping_patience",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+    )
     train.add_argument("--prewarm-batch-size", type=int, default=256)
-    train.add_argument("--prewarm-lr", type=float, default=2e-3)
-    train.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    train.add_argument("--prewarm-lr", dest="prewarm_learning_rate", type=float, default=2e-3)
+    train.add_argument(
+        "--temperature",
+        dest="prewarm_temperature",
+        type=float,
+        default=0.2,
+        help="NT-Xent temperature",
+    )
     train.add_argument(
         "--distill-from",
         default=None,
@@ -76,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--max-memory-mb", type=float, default=None)
     train.add_argument("--device", default="auto", type=parse_device, help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", dest="progress", action="store_false")
     train.add_argument("--out", type=Path, required=True, help="folder for model.pt, metrics.json")
     train.set_defaults(handler=run_train)
 
@@ -118,70 +137,29 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None) -> 
         help="data reference: medmnist:PATH.npz, csv:FILE, folder:DIR, synthetic[:N[:SITES]]",
     )
     parser.add_argument("--skip-bad", action="store_true", help="skip broken files, counting them")
-    parser.add_argument("--resize", default="pad", choices=RESIZE_MODES)
-    parser.add_argument(
-        "--labels",
-        type=parse_label_map,
-        default=None,
-        metavar="MAP",
-        help="classes to use, e.g. 'normal,bacterial,viral'; other labels are bad files",
-    )
+    add_reading_arguments(parser)
 
 
-def load_data(args: argparse.Namespace, image_size: int) -> DataSplits:
-    splits = load_splits(
-        args.data,
-        image_size,
-        skip_bad=args.skip_bad,
-        seed=args.seed,
-        resize=args.resize,
-        label_map=args.labels,
-    )
-    if splits.warnings:
-        print(
-            f"note: {len(splits.warnings)} image(s) kept with warnings (see hxr data check):\n"
-            f"{describe_problems(splits.warnings, 5)}",
-            file=sys.stderr,
-        )
-    if splits.skipped:
-        print(
-            f"skipped {len(splits.skipped)} bad file(s):\n"
-            f"{describe_problems(splits.skipped, LISTED_PROBLEMS)}",
-            file=sys.stderr,
-        )
-    return splits
+def phase_config(
+    config_type: type[PhaseConfig], args: argparse.Namespace, prefix: str = ""
+) -> PhaseConfig:
+    """A training phase's config from the options named after its fields: the phase's own
+    options carry `prefix` (`--prewarm-lr` sets the pre-warming `learning_rate`), the run-wide
+    ones (`RUN_OPTIONS`) do not. Fields without an option keep their defaults."""
+    values: dict[str, object] = {}
+    for field in config_type.model_fields:
+        option = field if field in RUN_OPTIONS else prefix + field
+        if hasattr(args, option):
+            values[field] = getattr(args, option)
+    return config_type(**values)
 
 
 def run_train(args: argparse.Namespace) -> int:
     image_size = args.image_size or default_image_size(args.data, default_cache_dir())
     splits = load_data(args, image_size)
     class_names = splits.class_names
-    progress = not args.no_progress
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        schedule=args.schedule,
-        label_smoothing=args.label_smoothing,
-        imbalance=args.imbalance,
-        monitor=args.monitor,
-        early_stopping_patience=args.early_stopping,
-        seed=args.seed,
-        device=args.device,
-        max_memory_mb=args.max_memory_mb,
-        progress=progress,
-    )
-    prewarm_config = PrewarmConfig(
-        epochs=args.prewarm_epochs,
-        batch_size=args.prewarm_batch_size,
-        learning_rate=args.prewarm_lr,
-        temperature=args.temperature,
-        seed=args.seed,
-        device=args.device,
-        max_memory_mb=args.max_memory_mb,
-        progress=progress,
-    )
+    train_config = phase_config(TrainConfig, args)
+    prewarm_config = phase_config(PrewarmConfig, args, prefix="prewarm_")
     distill_config = None if args.distill_from is None else DistillConfig(teacher=args.distill_from)
     outcome = fit(args.model, splits, train_config, prewarm_config, distill_config)
     model, result = outcome.model, outcome.result
@@ -255,9 +233,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         print(describe_validation(metrics).replace("validation", args.split, 1))
-        print(f"confusion matrix (rows true, columns predicted; {checkpoint.class_names}):")
-        for row in metrics["confusion_matrix"]:
-            print("  " + " ".join(f"{v:6d}" for v in row))
+        print("confusion matrix (rows: true class, columns: predicted class):")
+        names = checkpoint.class_names
+        rows = [[name, *row] for name, row in zip(names, metrics["confusion_matrix"], strict=True)]
+        print(format_table(["", *names], rows))
     return 0
 
 

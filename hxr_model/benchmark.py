@@ -33,7 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hxr_model.errors import ConfigError
 from hxr_model.metrics import PeakMemoryMeter
-from hxr_model.models import build_model, model_names
+from hxr_model.models import build_model, check_model_name
 from hxr_model.profiling import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
@@ -42,6 +42,7 @@ from hxr_model.profiling import (
     count_parameters,
 )
 from hxr_model.runtime import resolve_device
+from hxr_model.text_table import format_table
 
 NUM_CLASSES = 2
 WARMUP_TRAIN_STEPS = 1
@@ -72,11 +73,8 @@ class BenchConfig(BaseModel):
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str]) -> list[str]:
-        unknown = [name for name in models if name not in model_names()]
-        if unknown:
-            raise ValueError(
-                f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(model_names())}"
-            )
+        for name in models:
+            check_model_name(name)
         if len(set(models)) != len(models):
             raise ValueError("each model may be given only once")
         return models
@@ -165,14 +163,7 @@ def format_results(results: list[BenchResult]) -> str:
         )
         for result in results
     ]
-    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.rjust(width) if i else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in [header, *rows]
-    ]
+    lines = [format_table(header, rows)]
     if results:
         first = results[0]
         lines.append(

@@ -3,17 +3,15 @@
 A checkpoint holds a format marker, the weights, everything needed to rebuild the model (name,
 classes, dropout, normalisation, input size, decision threshold) and JSON metadata. Loading uses
 `torch.load(weights_only=True)`, which only rebuilds tensors and plain containers, so a file crafted
-to run code when unpickled is refused before anything in it runs. Writes go to a temporary file in
-the same folder and are renamed into place, so a crash never leaves half a checkpoint.
+to run code when unpickled is refused before anything in it runs. Writes are atomic
+(`hxr_model.atomic_files`), so a crash never leaves half a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +21,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hxr_model.atomic_files import write_atomic
 from hxr_model.errors import CheckpointError, describe_validation_error
-from hxr_model.models import MODELS, RadiographClassifier, build_model
+from hxr_model.models import RadiographClassifier, build_model, check_model_name
 
 FORMAT = "hybridnet-xr-checkpoint"
 VERSION = 1
@@ -46,8 +45,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        if self.model_name not in MODELS:
-            raise ValueError(f"unknown model {self.model_name!r}")
+        check_model_name(self.model_name)
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if self.threshold is not None and self.num_classes != 2:
@@ -97,19 +95,7 @@ def save_checkpoint(
         "metadata": json.loads(json.dumps(dict(metadata or {}))),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    temporary = Path(name)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_atomic(Path(path), lambda handle: torch.save(payload, handle))
 
 
 def _refusal_reason(error: pickle.UnpicklingError) -> str:

@@ -23,6 +23,11 @@ class ConfigError(HXRError):
     """A configuration file or value that fails validation (names the field)."""
 
 
+class UnknownModelError(ConfigError, ValueError):
+    """A model name the registry does not hold. Also a ValueError, so a pydantic validator that
+    asks the registry reports it as that field's error."""
+
+
 class DivergedModelError(HXRError):
     """A model whose outputs are NaN or infinite: its weights diverged (a learning rate too high,
     privacy noise too strong) and no metric of it means anything."""

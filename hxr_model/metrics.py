@@ -103,8 +103,9 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """All reported metrics for one split; every value is a JSON type (float, int, list, None).
 
-    `probabilities` is [N, C] (softmax outputs). Binary tasks add sensitivity and specificity at 0.5
-    and, when `threshold` is given, the same at that threshold.
+    `probabilities` is [N, C] (softmax outputs); `loss` is their mean cross-entropy. Binary tasks
+    add sensitivity and specificity at 0.5 and, when `threshold` is given, the same at that
+    threshold.
     """
     num_classes = len(class_names)
     labels, probabilities = _checked(labels, probabilities, num_classes)
@@ -148,6 +149,8 @@ def classification_metrics(
                 result["sensitivity_at_threshold"],
                 result["specificity_at_threshold"],
             ) = _sensitivity_specificity(labels, at_threshold)
+    picked = probabilities[np.arange(labels.size), labels]
+    result["loss"] = float(-np.log(np.clip(picked, 1e-12, 1)).mean())
     return result
 
 

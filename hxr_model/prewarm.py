@@ -8,55 +8,37 @@ projection head is thrown away (or, in federation, aggregated alongside the enco
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from hxr_model.augment import SIMCLR, augment_batch
-from hxr_model.memory_budget import batch_size_for_budget
-from hxr_model.metrics import PeakMemoryMeter
 from hxr_model.models import RadiographClassifier
-from hxr_model.runtime import (
-    OptimizerName,
-    ScheduleName,
-    autocast_context,
-    make_optimizer,
-    make_scheduler,
-    needs_grad_scaler,
-    resolve_device,
-    seed_everything,
+from hxr_model.runtime import autocast_context, resolve_device, seed_everything
+from hxr_model.training_loop import (
+    EpochEnd,
+    LoopConfig,
+    budget_batch_size,
+    make_loader,
+    run_epochs,
 )
-from hxr_model.training import make_loader
 
 # The weights pre-warming trains (the input normalisation is fixed configuration, not state).
 ENCODER_PREFIX = "encoder."
 
 
-class PrewarmConfig(BaseModel):
+class PrewarmConfig(LoopConfig):
     """SimCLR settings. Contrastive learning wants large batches and a low temperature."""
 
-    model_config = ConfigDict(extra="forbid")
-
     epochs: int = Field(5, ge=0)
+    # Every image needs another in its batch to be told apart from.
     batch_size: int = Field(128, ge=2, le=4096)
-    learning_rate: float = Field(2e-3, gt=0, le=10)
-    weight_decay: float = Field(1e-4, ge=0)
-    optimizer: OptimizerName = "adamw"
-    schedule: ScheduleName = "cosine"
     temperature: float = Field(0.2, gt=0, le=10)
     projection_dim: int = Field(64, ge=2)
-    seed: int = 0
-    device: str = "auto"
-    max_memory_mb: float | None = Field(None, gt=0)
-    progress: bool = True
-    num_workers: int = Field(0, ge=0)
 
 
 class ProjectionHead(nn.Module):
@@ -130,63 +112,29 @@ def prewarm_encoder(
         both = projection(classifier.features(torch.cat([views_a, views_b])))
         return nt_xent_loss(*both.chunk(2), config.temperature)
 
-    batch_size = config.batch_size
-    if config.max_memory_mb is not None:
-        image_size = int(dataset[0][0].shape[-1])
+    def batch_loss(images: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+        views_a = augment_batch(images, SIMCLR, generator)
+        views_b = augment_batch(images, SIMCLR, generator)
+        with autocast_context(device):
+            return loss_of(views_a, views_b)
 
-        def probe(batch: int) -> torch.Tensor:
-            images = torch.rand(max(batch, 2), 1, image_size, image_size, device=device)
-            return loss_of(images, images)
+    def end_of_epoch(epoch: int, loss: float) -> EpochEnd:
+        return EpochEnd(f"pre-warm epoch {epoch}/{config.epochs}  nt-xent {loss:.4f}")
 
-        batch_size = max(
-            2, batch_size_for_budget(classifier, probe, config.max_memory_mb, config.batch_size)
-        )
+    image_size = int(dataset[0][0].shape[-1])
+    batch_size = budget_batch_size(
+        classifier, config, image_size, device, lambda images: loss_of(images, images)
+    )
     loader = make_loader(dataset, batch_size, generator, config.num_workers)
-    optimizer = make_optimizer(
-        trainable, config.optimizer, config.learning_rate, config.weight_decay
+    outcome = run_epochs(
+        config, trainable, loader, device, batch_loss, end_of_epoch, name="pre-warm"
     )
-    scheduler = make_scheduler(
-        optimizer, config.schedule, config.learning_rate, config.epochs * len(loader)
-    )
-    scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(device))
-    losses: list[float] = []
-    images_seen = 0
-    started = time.perf_counter()
-    with PeakMemoryMeter(device) as memory:
-        for epoch in range(1, config.epochs + 1):
-            batch_losses = []
-            bar = tqdm(
-                loader,
-                desc=f"pre-warm {epoch}/{config.epochs}",
-                leave=False,
-                disable=not config.progress,
-            )
-            for images, _ in bar:
-                if len(images) < 2:
-                    continue
-                images = images.to(device)
-                views_a = augment_batch(images, SIMCLR, generator)
-                views_b = augment_batch(images, SIMCLR, generator)
-                with autocast_context(device):
-                    loss = loss_of(views_a, views_b)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                batch_losses.append(loss.item())
-                images_seen += len(images)
-                bar.set_postfix(loss=f"{batch_losses[-1]:.3f}")
-            losses.append(float(np.mean(batch_losses)))
-            if config.progress:
-                tqdm.write(f"pre-warm epoch {epoch}/{config.epochs}  nt-xent {losses[-1]:.4f}")
-    seconds = time.perf_counter() - started
     return PrewarmResult(
-        losses=losses,
+        losses=outcome.epoch_losses,
         projection=projection,
-        peak_memory_mb=memory.peak_mb,
-        seconds=seconds,
-        images_per_s=images_seen / seconds if seconds > 0 else 0.0,
+        peak_memory_mb=outcome.peak_memory_mb,
+        seconds=outcome.seconds,
+        images_per_s=outcome.images_per_s,
         examples=len(dataset),
         batch_size=batch_size,
     )

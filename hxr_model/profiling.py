@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from hxr_model.errors import ConfigError
-from hxr_model.models import RadiographClassifier, build_model, model_names
+from hxr_model.models import RadiographClassifier, build_model, check_model_name
+from hxr_model.text_table import format_table
 
 BYTES_PER_MB = 1024**2
 # Input sides every registered model accepts (square, single channel).
@@ -136,8 +137,7 @@ def check_resolution(resolution: int) -> None:
 
 
 def profile_model(name: str, resolution: int, num_classes: int = 2) -> ModelProfile:
-    if name not in model_names():
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    check_model_name(name)
     check_resolution(resolution)
     model = build_model(name, num_classes)
     return ModelProfile(
@@ -163,11 +163,6 @@ def format_profile(profile: ModelProfile) -> str:
         )
         for row in profile.stages
     ]
-    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    table = [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *rows]
-    ]
     summary = [
         f"model: {profile.name}",
         f"resolution: {profile.resolution} x {profile.resolution} (1 channel)",
@@ -176,7 +171,7 @@ def format_profile(profile: ModelProfile) -> str:
         f"checkpoint: {profile.checkpoint_mb:.2f} MB",
         "",
     ]
-    return "\n".join(summary + table)
+    return "\n".join([*summary, format_table(header, rows, align="lllll")])
 
 
 def _describe(module: nn.Module) -> str:

@@ -16,24 +16,20 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from hxr_model.augment import LIGHT, augment_batch
 from hxr_model.errors import DivergedModelError
-from hxr_model.memory_budget import batch_size_for_budget
-from hxr_model.metrics import PeakMemoryMeter, classification_metrics, youden_threshold
-from hxr_model.runtime import (
-    OptimizerName,
-    ScheduleName,
-    autocast_context,
-    make_optimizer,
-    make_scheduler,
-    needs_grad_scaler,
-    resolve_device,
-    seed_everything,
+from hxr_model.metrics import classification_metrics, youden_threshold
+from hxr_model.runtime import autocast_context, resolve_device, seed_everything
+from hxr_model.training_loop import (
+    EpochEnd,
+    LoopConfig,
+    budget_batch_size,
+    make_loader,
+    run_epochs,
 )
 
 Monitor = Literal["balanced_accuracy", "accuracy", "auc", "loss"]
@@ -51,17 +47,9 @@ class LabelledDataset(Protocol):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(LoopConfig):
     """Supervised training settings; every field can come from the CLI or a run config."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(64, ge=1, le=4096)
-    learning_rate: float = Field(2e-3, gt=0, le=10)
-    weight_decay: float = Field(1e-4, ge=0)
-    optimizer: OptimizerName = "adamw"
-    schedule: ScheduleName = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # Plain cross-entropy by default: probabilities stay calibrated and binary decisions use the
     # validation-chosen threshold; weighting or balanced sampling are there for rare classes.
@@ -69,12 +57,7 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(None, ge=1)
     monitor: Monitor = "balanced_accuracy"
     augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    max_memory_mb: float | None = Field(None, gt=0)
-    progress: bool = True
     proximal_mu: float = Field(0.0, ge=0)
-    num_workers: int = Field(0, ge=0)
 
 
 @dataclass
@@ -119,40 +102,11 @@ def proximal_term(model: nn.Module, reference: Mapping[str, torch.Tensor]) -> to
     return total
 
 
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    generator: torch.Generator,
-    num_workers: int = 0,
-    sample_weights: np.ndarray | None = None,
-) -> DataLoader:
-    """Shuffled (or class-balanced) batches; the last partial batch is dropped when it could be a
-    single image, which BatchNorm cannot train on."""
-    size = len(dataset)
-    sampler = None
-    if sample_weights is not None:
-        sampler = WeightedRandomSampler(
-            torch.as_tensor(sample_weights, dtype=torch.double), size, generator=generator
-        )
-    return DataLoader(
-        dataset,
-        batch_size=min(batch_size, size),
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=generator,
-        drop_last=size % min(batch_size, size) == 1,
-        num_workers=num_workers,
-    )
-
-
-def choose_batch_size(model: nn.Module, image_size: int, config: TrainConfig, device) -> int:
-    if config.max_memory_mb is None:
-        return config.batch_size
-
-    def forward(batch: int) -> torch.Tensor:
-        return model(torch.rand(batch, 1, image_size, image_size, device=device)).sum()
-
-    return batch_size_for_budget(model, forward, config.max_memory_mb, config.batch_size)
+def choose_batch_size(
+    model: nn.Module, image_size: int, config: TrainConfig, device: torch.device
+) -> int:
+    """The batch size supervised training of `model` can afford under `config.max_memory_mb`."""
+    return budget_batch_size(model, config, image_size, device, lambda images: model(images).sum())
 
 
 @torch.inference_mode()
@@ -188,21 +142,9 @@ def evaluate_classifier(
     device: str = "auto",
     threshold: float | None = None,
 ) -> dict[str, Any]:
-    """All classification metrics plus mean cross-entropy on `dataset`."""
+    """All classification metrics, mean cross-entropy included, on `dataset`."""
     labels, probabilities = predict_probabilities(model, dataset, batch_size, device)
-    return metrics_with_loss(labels, probabilities, dataset.class_names, threshold)
-
-
-def metrics_with_loss(
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    class_names: list[str],
-    threshold: float | None = None,
-) -> dict[str, Any]:
-    metrics = classification_metrics(labels, probabilities, class_names, threshold)
-    picked = probabilities[np.arange(len(labels)), labels]
-    metrics["loss"] = float(-np.log(np.clip(picked, 1e-12, 1)).mean())
-    return metrics
+    return classification_metrics(labels, probabilities, dataset.class_names, threshold)
 
 
 def _is_better(monitor: Monitor, value: float | None, best: float | None) -> bool:
@@ -211,6 +153,26 @@ def _is_better(monitor: Monitor, value: float | None, best: float | None) -> boo
     if best is None:
         return True
     return value < best if monitor == "loss" else value > best
+
+
+class _BestEpoch:
+    """Validation bookkeeping of one run: the best monitored value so far, its epoch and weights,
+    and how many epochs have passed without beating it (for early stopping)."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.value: float | None = None
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epochs_without_improvement = 0
+
+    def update(self, epoch: int, value: float | None, model: nn.Module) -> None:
+        if _is_better(self.monitor, value, self.value):
+            self.value, self.epoch = value, epoch
+            self.state = copy.deepcopy(model.state_dict())
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
 
 
 def train_classifier(
@@ -238,96 +200,61 @@ def train_classifier(
     image_size = int(train_set[0][0].shape[-1])
     batch_size = choose_batch_size(model, image_size, config, device)
     loader = make_loader(train_set, batch_size, generator, config.num_workers, sample_weights)
-    optimizer = make_optimizer(
-        [p for p in model.parameters() if p.requires_grad],
-        config.optimizer,
-        config.learning_rate,
-        config.weight_decay,
-    )
-    scheduler = make_scheduler(
-        optimizer, config.schedule, config.learning_rate, config.epochs * len(loader)
-    )
-    scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(device))
     has_val = val_set is not None and len(val_set) > 0
-
     history: list[dict[str, float]] = []
-    best_value, best_epoch, best_state = None, 0, None
-    epochs_without_improvement = 0
-    train_seconds, images_seen = 0.0, 0
-    started = time.perf_counter()
-    with PeakMemoryMeter(device) as memory:
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            epoch_start = time.perf_counter()
-            losses = []
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch}/{config.epochs}",
-                leave=False,
-                disable=not config.progress,
+    best = _BestEpoch(config.monitor)
+
+    def batch_loss(images: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
+        if config.augment:
+            images = augment_batch(images, LIGHT, generator)
+        with autocast_context(device):
+            loss = objective(model, images, batch_labels)
+            if reference_weights is not None and config.proximal_mu > 0:
+                loss = loss + config.proximal_mu / 2 * proximal_term(model, reference_weights)
+        return loss
+
+    def end_of_epoch(epoch: int, train_loss: float) -> EpochEnd:
+        record: dict[str, float] = {"epoch": epoch, "train_loss": train_loss}
+        if has_val:
+            metrics = evaluate_classifier(
+                model, val_set, device=str(device), batch_size=max(batch_size, 64)
             )
-            for images, batch_labels in bar:
-                images, batch_labels = images.to(device), batch_labels.to(device)
-                if config.augment:
-                    images = augment_batch(images, LIGHT, generator)
-                with autocast_context(device):
-                    loss = objective(model, images, batch_labels)
-                    if reference_weights is not None and config.proximal_mu > 0:
-                        loss = loss + config.proximal_mu / 2 * proximal_term(
-                            model, reference_weights
-                        )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                losses.append(loss.item())
-                images_seen += len(images)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            train_seconds += time.perf_counter() - epoch_start
-            record: dict[str, float] = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-            if has_val:
-                metrics = evaluate_classifier(
-                    model, val_set, device=str(device), batch_size=max(batch_size, 64)
-                )
-                record.update(
-                    val_loss=metrics["loss"],
-                    val_accuracy=metrics["accuracy"],
-                    val_balanced_accuracy=metrics["balanced_accuracy"],
-                    val_auc=metrics["auc"],
-                )
-                value = metrics[config.monitor]
-                if _is_better(config.monitor, value, best_value):
-                    best_value, best_epoch = value, epoch
-                    best_state = copy.deepcopy(model.state_dict())
-                    epochs_without_improvement = 0
-                else:
-                    epochs_without_improvement += 1
-            history.append(record)
-            if config.progress:
-                tqdm.write(_describe_epoch(record, config.epochs))
-            if (
-                config.early_stopping_patience is not None
-                and epochs_without_improvement >= config.early_stopping_patience
-            ):
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            record.update(
+                val_loss=metrics["loss"],
+                val_accuracy=metrics["accuracy"],
+                val_balanced_accuracy=metrics["balanced_accuracy"],
+                val_auc=metrics["auc"],
+            )
+            best.update(epoch, metrics[config.monitor], model)
+        history.append(record)
+        patience = config.early_stopping_patience
+        stop = patience is not None and best.epochs_without_improvement >= patience
+        return EpochEnd(_describe_epoch(record, config.epochs), stop)
+
+    # Validation (evaluate_classifier) puts the model back in training mode after each epoch.
+    model.train()
+    started = time.perf_counter()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    outcome = run_epochs(config, trainable, loader, device, batch_loss, end_of_epoch, name="epoch")
+    if best.state is not None:
+        model.load_state_dict(best.state)
     threshold, val_metrics = None, None
     if has_val:
         val_labels, probabilities = predict_probabilities(model, val_set, device=str(device))
         # A site's validation split may hold one class only (label skew): no threshold then.
         if num_classes == 2 and len(np.unique(val_labels)) == 2:
             threshold = youden_threshold(val_labels, probabilities[:, 1])
-        val_metrics = metrics_with_loss(val_labels, probabilities, val_set.class_names, threshold)
+        val_metrics = classification_metrics(
+            val_labels, probabilities, val_set.class_names, threshold
+        )
     return TrainResult(
         history=history,
-        best_epoch=best_epoch if has_val else len(history),
+        best_epoch=best.epoch if has_val else len(history),
         val_metrics=val_metrics,
         threshold=threshold,
-        peak_memory_mb=memory.peak_mb,
+        peak_memory_mb=outcome.peak_memory_mb,
         seconds=time.perf_counter() - started,
-        images_per_s=images_seen / train_seconds if train_seconds > 0 else 0.0,
+        images_per_s=outcome.images_per_s,
         examples=len(train_set),
         batch_size=batch_size,
     )

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hxr_model.atomic_files import write_atomic
 from hxr_model.errors import ConfigError
-from server.run_store import write_atomic
 
 # Flower accepts NIST curves for SuperNode keys; its guide uses P-384.
 CURVE = ec.SECP384R1()
@@ -184,9 +184,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey, form: serialization.PrivateFormat)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write; the temporary file is created 0600, so a key is never readable by others."""
-    write_atomic(path, lambda handle: handle.write(data))
-    path.chmod(mode)
+    """Atomic write with `mode` set before the rename: a key is never readable by others, and a
+    certificate never appears under its name with the wrong permissions."""
+    write_atomic(path, lambda handle: handle.write(data), mode)
 
 
 def generate_certificates(

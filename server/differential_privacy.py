@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -33,8 +32,9 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 from flwr.supercore.differential_privacy import compute_stdv
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
-from client.instructions import Phase
 from hxr_model.errors import ConfigError
+from protocol.schedule import VAR_SUFFIX, Phase
+from server.round_record import RoundRecord
 from server.run_config import FederationConfig
 
 
@@ -77,7 +77,7 @@ def privacy_spent(config: FederationConfig, releases: int) -> PrivacySpent:
 
 
 def privacy_summary(
-    config: FederationConfig, records: Sequence[Mapping[str, Any]]
+    config: FederationConfig, records: Sequence[RoundRecord]
 ) -> dict[str, float | int] | None:
     """summary.json's `differential_privacy`, None without DP.
 
@@ -87,7 +87,7 @@ def privacy_summary(
     """
     if not enabled(config):
         return None
-    releases = sum(1 for record in records if record["train"]["sites"])
+    releases = sum(1 for record in records if record.train.sites)
     spent = privacy_spent(config, releases)
     return {
         "noise_multiplier": config.dp_noise_multiplier,
@@ -154,7 +154,7 @@ class ClinicLevelPrivacy(DifferentialPrivacyClientSideFixedClipping):
         for name, array in aggregated_arrays.items():
             values = array.numpy()
             values = values + self.rng.normal(0.0, std, values.shape).astype(values.dtype)
-            if name.endswith(".running_var"):
+            if name.endswith(VAR_SUFFIX):
                 values = np.maximum(values, 0)
             noised[name] = Array(values)
         log(INFO, "aggregate_train: differential privacy noise with std %.4g added", std)

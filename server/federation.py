@@ -17,16 +17,21 @@ import torch
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from client.model_state import federated_state, load_into, to_record
 from hxr_model.checkpoint import save_checkpoint
 from hxr_model.errors import ConfigError
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import ProjectionHead
-from server.gallery import ReceivedSamples, save_gallery
-from server.phased_strategy import OptimiserState, PhasedStrategy
-from server.report import write_report, write_summary
+from protocol.arrays import to_record
+from protocol.gradcam_samples import GradcamSamples
+from protocol.model_state import federated_state, load_into
+from server.gallery import save_gallery
+from server.optimiser_state import OptimiserState
+from server.phased_strategy import PhasedStrategy
+from server.report import write_report
+from server.round_record import GallerySample, RoundRecord
 from server.run_config import FederationConfig
 from server.run_store import ResumeState, RunStore
+from server.summary import write_summary
 
 # Settings a resumed run must share with the run it continues (data: simulations only).
 FINGERPRINT_FIELDS = (
@@ -66,18 +71,18 @@ def classifier_from(
     return model.eval()
 
 
-def _final_threshold(config: FederationConfig, records: list[dict[str, Any]]) -> float | None:
+def _final_threshold(config: FederationConfig, records: list[RoundRecord]) -> float | None:
     """Binary tasks: the sites' validation-chosen thresholds of the last fine-tuning round."""
     if len(config.classes) != 2:
         return None
     for record in reversed(records):
-        value = record["train"]["aggregate"].get("val-threshold")
-        if record["phase"] == "finetune" and value is not None:
+        value = record.train.aggregate.get("val-threshold")
+        if record.phase == "finetune" and isinstance(value, float):
             return value if math.isfinite(value) and 0 <= value <= 1 else None
     return None
 
 
-def describe_round(record: Mapping[str, Any], total_rounds: int) -> list[str]:
+def describe_round(record: RoundRecord, total_rounds: int) -> list[str]:
     """Progress lines: one per site, then the federation's numbers."""
     lines = []
 
@@ -85,10 +90,10 @@ def describe_round(record: Mapping[str, Any], total_rounds: int) -> list[str]:
         value = values.get(key)
         return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
-    evaluated = record["evaluate"]["sites"]
-    for site, train in sorted(record["train"]["sites"].items()):
+    evaluated = record.evaluate.sites
+    for site, train in sorted(record.train.sites.items()):
         text = (
-            f"round {record['round']}/{total_rounds} {record['phase']:<8} {site}: "
+            f"round {record.round}/{total_rounds} {record.phase:<8} {site}: "
             f"loss {number(train, 'train-loss')}"
         )
         if site in evaluated:
@@ -98,15 +103,15 @@ def describe_round(record: Mapping[str, Any], total_rounds: int) -> list[str]:
             )
         text += f", {train['seconds']:.1f} s, {train['peak-memory-mb']:.0f} MB"
         lines.append(text)
-    aggregate = record["evaluate"]["aggregate"]
-    summary = f"round {record['round']}/{total_rounds} done in {record['seconds']:.1f} s"
+    aggregate = record.evaluate.aggregate
+    summary = f"round {record.round}/{total_rounds} done in {record.seconds:.1f} s"
     if aggregate:
         summary += (
             f": federation test acc {number(aggregate, 'accuracy')}"
             f" bal-acc {number(aggregate, 'balanced-accuracy')} auc {number(aggregate, 'auc')}"
         )
-    if record["rejected"] or record["failures"]:
-        summary += f" ({len(record['rejected'])} rejected, {len(record['failures'])} failed)"
+    if record.rejected or record.failures:
+        summary += f" ({len(record.rejected)} rejected, {len(record.failures)} failed)"
     lines.append(summary)
     return lines
 
@@ -120,27 +125,27 @@ class RoundCommitter:
 
     def __call__(
         self,
-        record: dict[str, Any],
-        samples: Mapping[str, ReceivedSamples],
+        record: RoundRecord,
+        samples: Mapping[str, GradcamSamples],
         arrays: dict[str, np.ndarray],
         optimiser_state: OptimiserState,
     ) -> None:
         self.record_round(record, samples)
         self.commit(record, arrays, optimiser_state)
 
-    def record_round(self, record: dict[str, Any], samples: Mapping[str, ReceivedSamples]) -> None:
+    def record_round(self, record: RoundRecord, samples: Mapping[str, GradcamSamples]) -> None:
         """Gallery PNGs, then rounds.jsonl and the per-site CSVs (not yet a commit)."""
         config, store = self.config, self.store
         for site, site_samples in sorted(samples.items()):
             paths = save_gallery(
-                store.gradcam_dir, record["round"], site, site_samples, config.classes
+                store.gradcam_dir, record.round, site, site_samples, config.classes
             )
-            record["gradcam"][site] = [
-                {
-                    "file": str(path.relative_to(store.run_dir)),
-                    "true": config.classes[label],
-                    "predicted": config.classes[predicted],
-                }
+            record.gradcam[site] = [
+                GallerySample(
+                    file=str(path.relative_to(store.run_dir)),
+                    true=config.classes[label],
+                    predicted=config.classes[predicted],
+                )
                 for path, label, predicted in zip(
                     paths, site_samples.labels, site_samples.predictions, strict=True
                 )
@@ -149,19 +154,19 @@ class RoundCommitter:
 
     def commit(
         self,
-        record: dict[str, Any],
+        record: RoundRecord,
         arrays: dict[str, np.ndarray],
         optimiser_state: OptimiserState,
     ) -> None:
         """The round's global checkpoint, then the resume state: from here it is completed."""
-        config, store, current = self.config, self.store, record["round"]
+        config, store, current = self.config, self.store, record.round
         save_checkpoint(
             store.round_checkpoint(current),
             classifier_from(config, arrays),
             model_name=config.model,
             class_names=config.classes,
             image_size=config.image_size,
-            metadata={"federation_round": current, "phase": record["phase"]},
+            metadata={"federation_round": current, "phase": record.phase},
         )
         store.save_state(ResumeState(current, arrays, optimiser_state, fingerprint(config)))
         for line in describe_round(record, config.num_server_rounds):

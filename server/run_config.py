@@ -1,7 +1,11 @@
-"""The coordinator's run config (`[tool.flwr.app.config]`, `flwr run --run-config`), validated.
+"""The federation's settings, written once: defaults, ranges and what each one means.
 
-Flower hands the ServerApp a flat dict of kebab-case keys; a typo or a negative round count
-should stop the run with one line naming the key, not fail twenty minutes in.
+`FederationSettings` holds every setting a simulation and a deployment share; its defaults are
+the README's demo, so `flwr run . local` (whose `[tool.flwr.app.config]` lists the same values,
+checked by a test) and `hxr simulate` run the same default job. `FederationConfig` is the
+coordinator's run config: the shared settings plus what a deployment sets and a simulation
+derives (`SIMULATION_DERIVED`). Flower hands the ServerApp a flat dict of kebab-case keys; a
+typo or a negative round count stops the run with one line naming the key.
 """
 
 from __future__ import annotations
@@ -12,86 +16,95 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from client.instructions import Phase
 from hxr_model.errors import ConfigError, describe_validation_error
-from hxr_model.models import model_names
-from server.update_validation import DEFAULT_MAX_UPDATE_RATIO
+from hxr_model.models import check_model_name
+from protocol.instructions import RoundInstructions, kebab
+from protocol.schedule import Phase
 
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian"]
 
+# Run-config keys a simulation fills in itself rather than taking from the settings: written
+# once here, so the test comparing `hxr simulate` with `flwr run` knows the difference.
+SIMULATION_DERIVED = {
+    "classes": "the classes found in the simulated data",
+    "min_nodes": "the number of virtual clinics (every clinic joins every round)",
+    "out_dir": "hxr simulate --out",
+    "resume": "hxr simulate --resume",
+}
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
 
+class FederationSettings(BaseModel):
+    """Rounds, schedule, local training, aggregation and privacy of a federated run."""
 
-class FederationConfig(BaseModel):
-    """Rounds, schedule, strategy and where results go; one field per run-config key."""
+    model_config = ConfigDict(extra="forbid", alias_generator=kebab, populate_by_name=True)
 
-    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True)
-
-    num_server_rounds: int = Field(3, ge=1, le=10_000)
-    prewarm_rounds: int = Field(1, ge=0)
-    local_epochs: int = Field(1, ge=1)
-    prewarm_epochs: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-3, gt=0, le=10)
-    prewarm_learning_rate: float = Field(1e-3, gt=0, le=10)
-    batch_size: int = Field(32, ge=2, le=4096)
-    model: str = "hxr50"
-    image_size: int = Field(64, ge=16, le=1024)
-    classes: list[str] = Field(min_length=2)
-    fraction_train: float = Field(1.0, gt=0, le=1)
-    fraction_evaluate: float = Field(1.0, ge=0, le=1)
-    min_nodes: int = Field(2, ge=1)
-    seed: int = 0
-    strategy: StrategyName = "fedavg"
-    proximal_mu: float = Field(0.01, ge=0)
-    server_learning_rate: float = Field(0.01, gt=0)
-    temperature: float = Field(0.2, gt=0)
-    projection_dim: int = Field(64, ge=2)
-    max_update_ratio: float = Field(DEFAULT_MAX_UPDATE_RATIO, gt=0)
-    recalibrate_statistics: bool = True
-    gradcam_per_class: int = Field(2, ge=0, le=16)
-    gradcam_size: int = Field(32, ge=8, le=128)
-    round_timeout: float = Field(3600.0, gt=0)
-    # Where results go; empty means `runs/<Flower run id>`. Resuming needs the same directory.
-    out_dir: str = ""
-    resume: bool = False
-    # Simulation only: the dataset and partitioning that nodes without a site config play.
-    data: str = ""
-    partition: str = "iid"
-    # Client-level differential privacy, off at 0 (see server.differential_privacy): each site
-    # clips its update to the norm, the server noises the average and reports epsilon at delta.
-    dp_noise_multiplier: float = Field(0.0, ge=0)
-    dp_clipping_norm: float = Field(1.0, gt=0)
-    dp_delta: float = Field(1e-5, gt=0, lt=1)
-
-    @field_validator("classes", mode="before")
-    @classmethod
-    def _split_classes(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
+    num_server_rounds: int = Field(10, ge=1, le=10_000, description="rounds in total")
+    prewarm_rounds: int = Field(
+        2, ge=0, description="the first rounds pre-warm the encoder (SimCLR)"
+    )
+    local_epochs: int = Field(2, ge=1, description="fine-tuning epochs per round")
+    prewarm_epochs: int = Field(1, ge=1, description="SimCLR epochs per round")
+    learning_rate: float = Field(1e-2, gt=0, le=10, description="local fine-tuning rate")
+    prewarm_learning_rate: float = Field(1e-3, gt=0, le=10, description="local SimCLR rate")
+    batch_size: int = Field(32, ge=2, le=4096, description="local batch size")
+    model: str = Field("hxr50", description="model variant")
+    image_size: int = Field(64, ge=16, le=1024, description="images are S x S px")
+    fraction_train: float = Field(1.0, gt=0, le=1, description="share of clinics trained")
+    fraction_evaluate: float = Field(1.0, ge=0, le=1, description="share of clinics evaluated")
+    seed: int = Field(0, description="seeds everything")
+    strategy: StrategyName = Field("fedavg", description="aggregation rule")
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx's proximal term (fedprox)")
+    server_learning_rate: float = Field(0.01, gt=0, description="FedAdam's eta (fedadam)")
+    temperature: float = Field(0.2, gt=0, description="SimCLR's NT-Xent temperature")
+    projection_dim: int = Field(64, ge=2, description="SimCLR projection head width")
+    max_update_ratio: float = Field(
+        10.0, gt=0, description="reject a site if ||update - global|| > ratio x ||global||"
+    )
+    recalibrate_statistics: bool = Field(
+        True, description="re-estimate BatchNorm statistics of each aggregate at the sites"
+    )
+    gradcam_per_class: int = Field(
+        2, ge=0, le=16, description="Grad-CAM samples per class and clinic"
+    )
+    gradcam_size: int = Field(
+        32, ge=8, le=128, description="Grad-CAM sample side in px (at most image-size / 2)"
+    )
+    round_timeout: float = Field(3600.0, gt=0, description="seconds a round waits for replies")
+    data: str = Field(
+        "synthetic:960:4",
+        description="simulation only: the dataset the virtual clinics partition",
+    )
+    partition: str = Field(
+        "by-source",
+        description="simulation only: iid, dirichlet:ALPHA[:MIN], quantity:..., or by-source "
+        "(one clinic per scanner)",
+    )
+    dp_noise_multiplier: float = Field(
+        0.0, ge=0, description="client-level differential privacy: noise std / clipping norm"
+    )
+    dp_clipping_norm: float = Field(
+        1.0, gt=0, description="under DP, each clinic's update is clipped to this L2 norm"
+    )
+    dp_delta: float = Field(
+        1e-5, gt=0, lt=1, description="under DP, the delta at which epsilon is reported"
+    )
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in model_names():
-            raise ValueError(f"unknown model {value!r}; choose one of {', '.join(model_names())}")
-        return value
+        return check_model_name(value)
 
     @model_validator(mode="after")
-    def _schedule_fits(self) -> FederationConfig:
+    def _schedule_fits(self) -> FederationSettings:
         if self.prewarm_rounds >= self.num_server_rounds:
             raise ValueError(
                 f"prewarm-rounds ({self.prewarm_rounds}) must be fewer than "
                 f"num-server-rounds ({self.num_server_rounds}) to leave a fine-tuning round"
             )
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError("classes must be distinct")
         return self
 
     @model_validator(mode="after")
-    def _privacy_fits(self) -> FederationConfig:
+    def _privacy_fits(self) -> FederationSettings:
         """Flower's accountant holds for FedAvg's average only, and the BatchNorm statistics
         query would release each site's statistics without noise, so DP turns it off."""
         if self.dp_noise_multiplier == 0:
@@ -108,19 +121,63 @@ class FederationConfig(BaseModel):
         self.recalibrate_statistics = False
         return self
 
+    def phase(self, server_round: int) -> Phase:
+        """First `prewarm_rounds` rounds pre-warm the encoder, the rest fine-tune."""
+        return "prewarm" if server_round <= self.prewarm_rounds else "finetune"
+
+
+class FederationConfig(FederationSettings):
+    """The coordinator's run config: the shared settings, the classes and where results go."""
+
+    classes: list[str] = Field(min_length=2)
+    min_nodes: int = Field(2, ge=1)
+    # Where results go; empty means `runs/<Flower run id>`. Resuming needs the same directory.
+    out_dir: str = ""
+    resume: bool = False
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _split_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("classes must be distinct")
+        return value
+
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
         try:
             return cls.model_validate(dict(run_config))
         except ValidationError as error:
             problem = describe_validation_error(
-                error, lambda part: _kebab(part) if part in cls.model_fields else part
+                error, lambda part: kebab(part) if part in cls.model_fields else part
             )
             raise ConfigError(f"run config: {problem}") from None
 
-    def phase(self, server_round: int) -> Phase:
-        """First `prewarm_rounds` rounds pre-warm the encoder, the rest fine-tune."""
-        return "prewarm" if server_round <= self.prewarm_rounds else "finetune"
-
     def run_dir(self, run_id: int) -> Path:
         return Path(self.out_dir).expanduser() if self.out_dir else Path("runs") / str(run_id)
+
+    def round_instructions(self, current: int, phase: Phase) -> RoundInstructions:
+        """What the clinics are asked to do in round `current` of `phase`."""
+        prewarm = phase == "prewarm"
+        return RoundInstructions(
+            server_round=current,
+            phase=phase,
+            model=self.model,
+            image_size=self.image_size,
+            class_names=self.classes,
+            local_epochs=self.prewarm_epochs if prewarm else self.local_epochs,
+            learning_rate=self.prewarm_learning_rate if prewarm else self.learning_rate,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            temperature=self.temperature,
+            projection_dim=self.projection_dim,
+            proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
+            gradcam_per_class=self.gradcam_per_class,
+            gradcam_size=self.gradcam_size,
+        )

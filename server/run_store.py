@@ -21,11 +21,9 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hxr_model.atomic_files import write_atomic, write_text_atomic
 from hxr_model.errors import CheckpointError
+from server.round_record import RoundRecord
 
 STATE_FORMAT = "hybridnet-xr-federation-state"
 STATE_VERSION = 1
@@ -71,25 +71,6 @@ def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -131,33 +112,32 @@ class RunStore:
     def has_results(self) -> bool:
         return self.state_path.exists() or self.rounds_path.exists()
 
-    def read_rounds(self) -> list[dict[str, Any]]:
+    def read_rounds(self) -> list[RoundRecord]:
         if not self.rounds_path.exists():
             return []
         lines = self.rounds_path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [RoundRecord.model_validate_json(line) for line in lines if line.strip()]
 
-    def _write_rounds(self, records: Sequence[Mapping[str, Any]]) -> None:
-        text = "".join(json.dumps(json_ready(r), sort_keys=True) + "\n" for r in records)
+    def _write_rounds(self, records: Sequence[RoundRecord]) -> None:
+        text = "".join(
+            json.dumps(json_ready(record.model_dump()), sort_keys=True) + "\n" for record in records
+        )
         write_text_atomic(self.rounds_path, text)
 
-    def append_round(self, record: Mapping[str, Any], class_names: Sequence[str]) -> None:
+    def append_round(self, record: RoundRecord, class_names: Sequence[str]) -> None:
         """Add a round to rounds.jsonl (replacing a stale copy of it) and refresh the CSVs."""
-        records = [r for r in self.read_rounds() if r["round"] < record["round"]]
-        records.append(json_ready(record))
+        records = [r for r in self.read_rounds() if r.round < record.round]
+        records.append(RoundRecord.model_validate(json_ready(record.model_dump())))
         self._write_rounds(records)
         self.write_site_tables(records, class_names)
 
-    def write_site_tables(
-        self, records: Sequence[Mapping[str, Any]], class_names: Sequence[str]
-    ) -> None:
+    def write_site_tables(self, records: Sequence[RoundRecord], class_names: Sequence[str]) -> None:
         rows: dict[str, list[dict[str, Any]]] = {}
         for record in records:
-            sites = set(record["train"]["sites"]) | set(record["evaluate"]["sites"])
-            for site in sorted(sites):
-                row = {"round": record["round"], "phase": record["phase"]}
-                row |= _flatten("train:", record["train"]["sites"].get(site, {}), class_names)
-                row |= _flatten("evaluate:", record["evaluate"]["sites"].get(site, {}), class_names)
+            for site in sorted(set(record.train.sites) | set(record.evaluate.sites)):
+                row = {"round": record.round, "phase": record.phase}
+                row |= _flatten("train:", record.train.sites.get(site, {}), class_names)
+                row |= _flatten("evaluate:", record.evaluate.sites.get(site, {}), class_names)
                 rows.setdefault(site, []).append(row)
         for site, site_rows in rows.items():
             columns = list(dict.fromkeys(key for row in site_rows for key in row))
@@ -213,7 +193,7 @@ class RunStore:
 
     def discard_after(self, server_round: int, class_names: Sequence[str]) -> None:
         """Forget records of rounds after the committed one (they will be run again)."""
-        records = [r for r in self.read_rounds() if r["round"] <= server_round]
+        records = [r for r in self.read_rounds() if r.round <= server_round]
         self._write_rounds(records)
         self.write_site_tables(records, class_names)
 

@@ -1,8 +1,9 @@
-"""Checks every site's update must pass before it may touch the global model.
+"""Checks every site's decoded update must pass before it may touch the global model.
 
 A broken laptop (NaN after a diverged step), a client built for another model (keys, shapes) or
 a malicious site (a norm blown up to dominate the average) would otherwise poison every clinic's
-model. An update is compared with the weights the server sent for that round.
+model. An update is compared with the weights the server sent for that round; its names,
+dtypes and shapes were checked before decoding (`protocol.arrays.decode_checked`).
 
 BatchNorm running statistics are bounded on their own, more loosely: they are measurements of a
 site's images, not learned weights, and legitimately move by several times their size (measured:
@@ -11,19 +12,19 @@ site's images, not learned weights, and legitimately move by several times their
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from client.instructions import STATISTICS_SUFFIXES, WEIGHT_KEY
+from protocol.replies import ReplyRejected
+from protocol.schedule import VAR_SUFFIX, is_statistic
 
 DEFAULT_MAX_UPDATE_RATIO = 10.0
 STATISTICS_RATIO_FACTOR = 100.0
 CLIPPING_RELATIVE_TOLERANCE = 1e-5
 
 
-class UpdateRejected(Exception):
+class UpdateRejected(ReplyRejected):
     """The reason, in words, why one site's update was left out of the round."""
 
 
@@ -37,7 +38,7 @@ def check_update(
     max_update_ratio: float = DEFAULT_MAX_UPDATE_RATIO,
     clipping_norm: float | None = None,
 ) -> None:
-    """Raise UpdateRejected unless `update` matches `reference` and stays near it.
+    """Raise UpdateRejected unless `update` (names and shapes as `reference`) stays near it.
 
     Near means ||update - reference|| <= max_update_ratio * ||reference|| over the learned
     weights (a real local round moves them by a fraction of their size, a scaled or random update
@@ -46,23 +47,13 @@ def check_update(
     clipping norm: sites clip their own updates, and one that does not would break the noise's
     calibration and dominate the average.
     """
-    missing = sorted(set(reference) - set(update))
-    if missing:
-        raise UpdateRejected(f"missing {len(missing)} weight(s), e.g. '{missing[0]}'")
-    extra = sorted(set(update) - set(reference))
-    if extra:
-        raise UpdateRejected(f"unexpected {len(extra)} weight(s), e.g. '{extra[0]}'")
-    for name, expected in reference.items():
+    for name in reference:
         array = update[name]
-        if array.shape != expected.shape:
-            raise UpdateRejected(f"'{name}' has shape {array.shape}, expected {expected.shape}")
-        if array.dtype.kind != "f":
-            raise UpdateRejected(f"'{name}' has dtype {array.dtype}, expected floating point")
         if not np.all(np.isfinite(array)):
             raise UpdateRejected(f"'{name}' contains NaN or infinite values")
-        if name.endswith(".running_var") and np.any(array < 0):
+        if name.endswith(VAR_SUFFIX) and np.any(array < 0):
             raise UpdateRejected(f"'{name}' holds negative variances")
-    statistics = {name for name in reference if name.endswith(STATISTICS_SUFFIXES)}
+    statistics = {name for name in reference if is_statistic(name)}
     for names, ratio, kind in (
         (set(reference) - statistics, max_update_ratio, "weight"),
         (statistics, max_update_ratio * STATISTICS_RATIO_FACTOR, "BatchNorm statistics"),
@@ -99,25 +90,3 @@ def _check_clipped(
         raise UpdateRejected(
             f"update norm {distance:.3g} exceeds the clipping norm {clipping_norm:g}"
         )
-
-
-def check_metrics(
-    metrics: Mapping[str, object], expected_keys: Sequence[str], num_classes: int
-) -> None:
-    """Raise UpdateRejected unless a reply's metrics are the agreed keys with sane values.
-
-    Flower's aggregation would raise on mismatched keys and a negative or zero example count
-    would corrupt the weighted average, so both are refused here, per site.
-    """
-    if set(metrics) != set(expected_keys):
-        difference = sorted(set(metrics) ^ set(expected_keys))
-        raise UpdateRejected(f"metrics do not match the protocol (differ in '{difference[0]}')")
-    weight = metrics[WEIGHT_KEY]
-    if not isinstance(weight, int) or weight <= 0:
-        raise UpdateRejected(f"'{WEIGHT_KEY}' must be a positive integer, got {weight!r}")
-    for key, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, float) and math.isinf(v) for v in values):
-            raise UpdateRejected(f"metric '{key}' is infinite")
-        if isinstance(value, list) and len(value) not in (num_classes, num_classes**2):
-            raise UpdateRejected(f"metric '{key}' has {len(value)} entries")

@@ -20,8 +20,9 @@ from hxr_model.data import DataSplits
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
 from hxr_model.training import LabelledDataset, TrainConfig, evaluate_classifier, train_classifier
-from server.report import EVALUATION_KEYS, write_report, write_summary
+from server.report import write_report
 from server.run_store import RunStore
+from server.summary import EVALUATION_KEYS, write_summary
 from simulations.federation import (
     SimulationSettings,
     federation_config,
@@ -57,7 +58,7 @@ def train_baseline(
         train,
         val if val is not None and len(val) else None,
         TrainConfig(
-            epochs=(settings.rounds - settings.prewarm_rounds) * settings.local_epochs,
+            epochs=(settings.num_server_rounds - settings.prewarm_rounds) * settings.local_epochs,
             batch_size=settings.batch_size,
             learning_rate=settings.learning_rate,
             seed=settings.seed,
@@ -123,7 +124,7 @@ def add_baselines(settings: SimulationSettings, run_dir: Path) -> dict[str, dict
     config = federation_config(settings, splits.class_names)
     store = RunStore(run_dir)
     records = store.read_rounds()
-    federated_sites = records[-1]["evaluate"]["sites"] if records else {}
+    federated_sites = records[-1].evaluate.sites if records else {}
     federated = {
         site: {key: metrics.get(key) for key in ("num-examples", *EVALUATION_KEYS)}
         for site, metrics in federated_sites.items()

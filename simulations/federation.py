@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from client.site_config import PrivacyPolicy
 from hxr_model.data import DataSplits, load_splits, partition
-from hxr_model.data.refs import DEFAULT_IMAGE_SIZE
-from server.run_config import FederationConfig, StrategyName
+from server.run_config import FederationConfig, FederationSettings
 
 if TYPE_CHECKING:
     from client.client_app import SimulatedSites
-
-DEFAULT_DATA = "synthetic:960:4"
 
 # Flower's and Ray's usage reporting would try the network from every clinic laptop; a
 # simulation must also never build a fresh environment (`flwr run`'s default downloads torch).
@@ -35,29 +32,13 @@ QUIET_ENVIRONMENT = {
 }
 
 
-class SimulationSettings(BaseModel):
-    """What `hxr simulate` exposes; everything else takes the run-config defaults.
+class SimulationSettings(FederationSettings):
+    """`hxr simulate`: the federation's settings (defaults: the README demo, under five minutes
+    on two CPU cores) plus what only virtual clinics on one machine need."""
 
-    The defaults are the README demo, sized to finish in under five minutes on two CPU cores.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = DEFAULT_DATA
-    sites: int = Field(4, ge=1, le=64)
-    partition: str = "by-source"
-    rounds: int = Field(10, ge=1)
-    prewarm_rounds: int = Field(2, ge=0)
-    local_epochs: int = Field(2, ge=1)
-    prewarm_epochs: int = Field(1, ge=1)
-    model: str = "hxr50"
-    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=16, le=1024)
-    batch_size: int = Field(32, ge=2)
-    learning_rate: float = Field(1e-2, gt=0)
-    strategy: StrategyName = "fedavg"
-    seed: int = 0
-    privacy: PrivacyPolicy = "heatmap"
-    skip_bad: bool = False
+    sites: int = Field(4, ge=1, le=64, description="number of virtual clinics")
+    privacy: PrivacyPolicy = Field("heatmap", description="what Grad-CAM samples clinics share")
+    skip_bad: bool = Field(False, description="leave unreadable files out")
     label_map: dict[str, str] = Field(
         default_factory=dict, description="source label -> class, at every clinic"
     )
@@ -65,38 +46,21 @@ class SimulationSettings(BaseModel):
         default_factory=dict,
         description="per clinic (numbered from 1), a label map replacing `label_map` there",
     )
-    gradcam_per_class: int = Field(2, ge=0, le=16)
-    out: Path
-    resume: bool = False
+    out: Path = Field(description="run folder")
+    resume: bool = Field(False, description="continue the run in --out after its last round")
     cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dp_noise_multiplier: float = Field(0.0, ge=0)
-    dp_clipping_norm: float = Field(1.0, gt=0)
-    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
 
 
 def federation_config(settings: SimulationSettings, class_names: list[str]) -> FederationConfig:
+    """The run config of a simulation: its settings, plus what it derives (see
+    `server.run_config.SIMULATION_DERIVED`)."""
     return FederationConfig(
-        num_server_rounds=settings.rounds,
-        prewarm_rounds=settings.prewarm_rounds,
-        local_epochs=settings.local_epochs,
-        prewarm_epochs=settings.prewarm_epochs,
-        learning_rate=settings.learning_rate,
-        batch_size=settings.batch_size,
-        model=settings.model,
-        image_size=settings.image_size,
+        **settings.model_dump(include=set(FederationSettings.model_fields)),
         classes=class_names,
         min_nodes=settings.sites,
-        seed=settings.seed,
-        strategy=settings.strategy,
-        gradcam_per_class=settings.gradcam_per_class,
         out_dir=str(settings.out),
         resume=settings.resume,
-        data=settings.data,
-        partition=settings.partition,
-        dp_noise_multiplier=settings.dp_noise_multiplier,
-        dp_clipping_norm=settings.dp_clipping_norm,
-        dp_delta=settings.dp_delta,
     )
 
 
@@ -135,13 +99,12 @@ def simulated_sites(settings: SimulationSettings) -> SimulatedSites:
     quiet_flower()
     from client.client_app import SimulatedSites
 
+    shared = settings.model_dump(include={"privacy", "device", "skip_bad"})
     return SimulatedSites(
         settings.data,
         settings.partition,
         settings.seed,
-        privacy=settings.privacy,
-        device=settings.device,
-        skip_bad=settings.skip_bad,
+        shared=shared,
         label_map=settings.label_map,
         site_label_maps=settings.site_label_maps,
     )

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+
+from hxr_model.atomic_files import write_atomic
 
 # Bump when decoding or resizing changes what an entry holds.
 CACHE_FORMAT = 1
@@ -83,10 +82,9 @@ class ImageCache:
         self._pending = []
         shard = self.directory / f"shard-{uuid.uuid4().hex}"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(shard.with_suffix(".npy"), lambda f: np.save(f, np.stack(images)))
+            write_atomic(shard.with_suffix(".npy"), lambda f: np.save(f, np.stack(images)))
             index = {"keys": list(keys), "pixel_hashes": list(hashes)}
-            _write_atomic(shard.with_suffix(".json"), lambda f: f.write(json.dumps(index).encode()))
+            write_atomic(shard.with_suffix(".json"), lambda f: f.write(json.dumps(index).encode()))
         except OSError as error:
             self.writable = False
             warnings.warn(
@@ -104,13 +102,3 @@ def _is_complete(images: np.ndarray, keys: object, hashes: object, image_size: i
         and len(hashes) == len(keys)
         and all(isinstance(item, str) for item in (*keys, *hashes))
     )
-
-
-def _write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from hxr_model.data.catalog import SPLITS
 from hxr_model.data.problems import FileProblem
 from hxr_model.data.resizing import ResizeMode
 from hxr_model.data.scan import scan
-from hxr_model.data.tables import format_table
+from hxr_model.text_table import format_table
 
 UNSPLIT = "unsplit"
 

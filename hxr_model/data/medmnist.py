@@ -7,16 +7,15 @@ subset of them (the shared copy has no test split), and the loader accepts which
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from hxr_model.atomic_files import write_atomic
 from hxr_model.data.catalog import SPLITS, Catalog, Entry
 from hxr_model.errors import DataError
 
@@ -110,33 +109,28 @@ def pneumoniamnist_path(cache_dir: Path) -> Path:
     target = cache_dir / "medmnist" / "pneumoniamnist.npz"
     if target.is_file() and _md5(target) == PNEUMONIAMNIST_MD5:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            _download(stream)
-        digest = _md5(Path(temporary))
-        if digest != PNEUMONIAMNIST_MD5:
-            raise DataError(
-                f"pneumoniamnist: download from {PNEUMONIAMNIST_URL} has MD5 {digest}, expected "
-                f"{PNEUMONIAMNIST_MD5}; download it by hand and use medmnist:PATH"
-            )
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    write_atomic(target, _download_checked)
     return target
 
 
-def _download(stream: BinaryIO) -> None:
+def _download_checked(stream: io.BufferedWriter) -> None:
+    """Download into `stream`, raising on a wrong MD5 so a bad download never becomes the file."""
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with urllib.request.urlopen(PNEUMONIAMNIST_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
             while chunk := response.read(1 << 20):
+                digest.update(chunk)
                 stream.write(chunk)
     except (urllib.error.URLError, OSError) as error:
         raise DataError(
             f"pneumoniamnist: cannot download {PNEUMONIAMNIST_URL} ({error}); offline? Fetch "
             "pneumoniamnist.npz elsewhere and use medmnist:/path/to/pneumoniamnist.npz"
         ) from None
+    if digest.hexdigest() != PNEUMONIAMNIST_MD5:
+        raise DataError(
+            f"pneumoniamnist: download from {PNEUMONIAMNIST_URL} has MD5 {digest.hexdigest()}, "
+            f"expected {PNEUMONIAMNIST_MD5}; download it by hand and use medmnist:PATH"
+        )
 
 
 def _md5(path: Path) -> str:

@@ -16,8 +16,8 @@ import numpy as np
 from hxr_model.data.catalog import natural_key
 from hxr_model.data.dataset import RadiographDataset
 from hxr_model.data.splits import check_seed, group_labels, join_groups, patient_groups
-from hxr_model.data.tables import format_table
 from hxr_model.errors import ConfigError, DataError
+from hxr_model.text_table import format_table
 
 SCHEMES = "iid, dirichlet:ALPHA[:MIN], quantity:ALPHA[:MIN], quantity:W1,W2,... or by-source"
 MAX_DRAWS = 100

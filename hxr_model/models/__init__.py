@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from hxr_model.errors import UnknownModelError
 from hxr_model.models.baselines import (
     efficientnet_b0_encoder,
     mobilenet_v2_encoder,
@@ -22,6 +23,7 @@ __all__ = [
     "RadiographClassifier",
     "StageSpec",
     "build_model",
+    "check_model_name",
     "model_names",
 ]
 
@@ -59,6 +61,14 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
+def check_model_name(name: str) -> str:
+    """`name` when the registry holds it; every place that accepts a model name asks here, so
+    they all refuse the same names with the same message."""
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return name
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -67,9 +77,7 @@ def build_model(
     std: float = 0.25,
 ) -> RadiographClassifier:
     """Build a registered model for 1 x H x W radiographs with values in [0, 1]."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    entry = MODELS[name]
+    entry = MODELS[check_model_name(name)]
     encoder = entry.make_encoder()
     return RadiographClassifier(
         encoder,

@@ -4,22 +4,21 @@ reply how many files it left out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import radiograph_files  # registered by tests/conftest.py
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord, Message, RecordDict
 from PIL import Image
 
-from client.client_app import build_client_app
-from client.instructions import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RoundInstructions
-from client.model_state import phase_state, to_record
 from client.site_config import load_site_config
 from client.site_data import load_site_data
 from hxr_model.errors import DataError
+from protocol.arrays import to_record
+from protocol.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
+from protocol.schedule import phase_state
 from server.federation import initial_state
 from server.run_config import FederationConfig
 
@@ -48,38 +47,22 @@ def clinic(tmp_path: Path) -> tuple[Path, int, int]:
     return site, len(good) + len(CLASSES) * EXTRA_PER_CLASS, len(broken)
 
 
-def ask(site: Path, message_type: str, phase: str) -> Message:
-    """One round's message through the ClientApp a SuperNode would run for this site."""
-    TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    config = FederationConfig(classes=CLASSES, model="hxr50", image_size=SIDE)
-    instructions = RoundInstructions(
-        server_round=1,
-        phase=phase,
-        model=config.model,
-        image_size=SIDE,
-        class_names=CLASSES,
-        batch_size=8,
-        gradcam_per_class=0,
+def round_content(phase: str) -> RecordDict:
+    """What the server sends a clinic in a round of `phase`: the weights and instructions."""
+    config = FederationConfig(
+        classes=CLASSES, model="hxr50", image_size=SIDE, batch_size=8, gradcam_per_class=0
     )
-    content = RecordDict(
+    instructions = config.round_instructions(1, phase)
+    return RecordDict(
         {
             ARRAYS_KEY: to_record(phase_state(initial_state(config), phase)),
             CONFIG_KEY: ConfigRecord(instructions.to_config()),
         }
     )
-    context = Context(
-        run_id=1,
-        node_id=7,
-        node_config={"site-config": str(site)},
-        state=RecordDict(),
-        run_config={},
-    )
-    return build_client_app()(Message(content, dst_node_id=7, message_type=message_type), context)
 
 
 def test_a_site_skipping_broken_files_trains_and_counts_them(
-    clinic: tuple[Path, int, int],
+    clinic: tuple[Path, int, int], send_to_site: Callable[[Path, RecordDict, str], Message]
 ) -> None:
     site, good, broken = clinic
     # Without skip_bad the same folder is refused, naming the files: they really are broken.
@@ -87,9 +70,9 @@ def test_a_site_skipping_broken_files_trains_and_counts_them(
     with pytest.raises(DataError, match=f"{broken} bad file"):
         load_site_data(strict, CLASSES, SIDE, 0)
 
-    prewarm = ask(site, "train", "prewarm")
-    finetune = ask(site, "train", "finetune")
-    evaluate = ask(site, "evaluate", "finetune")
+    prewarm = send_to_site(site, round_content("prewarm"), "train")
+    finetune = send_to_site(site, round_content("finetune"), "train")
+    evaluate = send_to_site(site, round_content("finetune"), "evaluate")
     assert not any(reply.has_error() for reply in (prewarm, finetune, evaluate))
     for reply in (prewarm, finetune):
         assert reply.content[METRICS_KEY]["skipped-files"] == broken == 8

@@ -3,15 +3,18 @@
 import numpy as np
 import pytest
 
-from client.instructions import EVALUATE_METRICS, TRAIN_METRICS, RoundInstructions
 from client.local_rounds import evaluate_round, finetune_round, prewarm_round, statistics_round
-from client.model_state import federated_state, phase_state
 from client.site_config import simulated_site
 from client.site_data import label_mapping, load_site_data
 from hxr_model.data.phantoms import PHANTOM_CLASSES
 from hxr_model.errors import ConfigError
 from hxr_model.models import build_model
 from hxr_model.prewarm import ProjectionHead
+from protocol.instructions import RoundInstructions
+from protocol.model_state import federated_state
+from protocol.replies import EvaluateMetrics, FinetuneMetrics, PrewarmMetrics, StatisticsMetrics
+from protocol.schedule import phase_state
+from server.run_config import FederationConfig
 
 CLASSES = list(PHANTOM_CLASSES)
 
@@ -22,10 +25,11 @@ def global_state() -> dict[str, np.ndarray]:
     return federated_state(model, ProjectionHead(model.feature_dim, 64))
 
 
-def instructions(phase: str, **changes) -> RoundInstructions:
-    values = {"server_round": 3, "phase": phase, "model": "hxr50", "image_size": 32}
-    values |= {"class_names": CLASSES, "batch_size": 16, "gradcam_per_class": 1}
-    return RoundInstructions(**(values | changes))
+def instructions(phase: str, server_round: int = 3) -> RoundInstructions:
+    config = FederationConfig(
+        classes=CLASSES, image_size=32, batch_size=16, gradcam_per_class=1, local_epochs=1
+    )
+    return config.round_instructions(server_round, phase)
 
 
 def site(index: int = 0, **settings):
@@ -42,9 +46,9 @@ def test_prewarm_trains_and_returns_only_encoder_and_projection(global_state) ->
     assert set(update) == set(sent)
     assert not any(name.startswith("head.") for name in update)
     assert any(name.startswith("projection.") for name in update)
-    assert set(metrics) == set(TRAIN_METRICS["prewarm"])
+    assert isinstance(metrics, PrewarmMetrics)
     data = data_of(site())
-    assert metrics["num-examples"] == len(data.train) + len(data.val)
+    assert metrics.num_examples == len(data.train) + len(data.val)
     name = next(n for n in sent if n.startswith("encoder.") and n.endswith(".weight"))
     assert not np.allclose(update[name], sent[name])
 
@@ -57,8 +61,8 @@ def test_finetuning_is_reproducible_per_round_and_site(global_state) -> None:
         sent, instructions("finetune", server_round=4), site(), data_of(site())
     )
     assert set(first) == set(sent) and not any(n.startswith("projection.") for n in first)
-    assert set(metrics) == set(TRAIN_METRICS["finetune"])
-    assert len(metrics["per-class-recall"]) == len(CLASSES)
+    assert isinstance(metrics, FinetuneMetrics)
+    assert len(metrics.per_class_recall) == len(CLASSES)
     assert all(np.array_equal(first[n], again[n]) for n in first)
     assert not all(np.array_equal(first[n], later[n]) for n in first)
 
@@ -70,7 +74,7 @@ def test_batchnorm_statistics_are_measured_for_the_weights_received(global_state
         name.endswith((".running_mean", ".running_var")) for name in statistics
     )
     assert set(statistics) == {n for n in sent if n.endswith((".running_mean", ".running_var"))}
-    assert metrics == {"num-examples": len(data_of(site()).train)}
+    assert metrics == StatisticsMetrics(num_examples=len(data_of(site()).train))
     assert all(np.all(a >= 0) for n, a in statistics.items() if n.endswith("running_var"))
     name = next(n for n in statistics if n.endswith(".running_mean"))
     assert not np.allclose(statistics[name], sent[name])  # fresh models start from zero means
@@ -83,8 +87,8 @@ def test_evaluation_shares_gradcam_samples_only_as_the_policy_allows(
     config = site(privacy=policy)
     sent = phase_state(global_state, "finetune")
     metrics, samples = evaluate_round(sent, instructions("finetune"), config, data_of(config))
-    assert set(metrics) == set(EVALUATE_METRICS)
-    assert sum(metrics["confusion-matrix"]) == metrics["num-examples"]
+    assert isinstance(metrics, EvaluateMetrics)
+    assert sum(metrics.confusion_matrix) == metrics.num_examples
     if policy == "none":
         assert samples is None
         return

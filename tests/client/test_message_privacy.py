@@ -24,7 +24,7 @@ import functools
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,29 +32,27 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message.message import remove_content_from_message
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_to_proto
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-from flwr.supercore.task_identity import TaskIdentity
 from PIL import Image
 
 import client.client_app
 import server.server_app
-from client.client_app import SimulatedSites, SiteFailure, build_client_app
-from client.instructions import (
+from client.client_app import SimulatedSites, SiteFailure
+from client.site_config import PrivacyPolicy, SiteConfig, load_site_config
+from client.site_data import load_site_data
+from hxr_model.data.resizing import to_square
+from hxr_model.errors import ConfigError, DataError
+from protocol.arrays import to_record
+from protocol.records import (
     ARRAYS_KEY,
     CONFIG_KEY,
     GRADCAM_ARRAYS_KEY,
     METRICS_KEY,
     SITE_KEY,
     STATISTICS_MESSAGE,
-    RoundInstructions,
 )
-from client.model_state import phase_state, to_record
-from client.site_config import PrivacyPolicy, SiteConfig, load_site_config
-from client.site_data import load_site_data
-from hxr_model.data.resizing import to_square
-from hxr_model.errors import ConfigError, DataError
+from protocol.schedule import phase_state
 from server.federation import initial_state
 from server.run_config import FederationConfig
 from server.stoppable_grid import StoppableGrid
@@ -249,7 +247,7 @@ def test_no_reply_carries_images_paths_or_patient_ids_beyond_the_sites_policy(
         data=f"csv:{clinics.manifest}",
         sites=len(HOSPITALS),
         partition="by-source",
-        rounds=2,
+        num_server_rounds=2,
         prewarm_rounds=1,
         local_epochs=1,
         prewarm_epochs=1,
@@ -306,7 +304,10 @@ def test_no_reply_carries_images_paths_or_patient_ids_beyond_the_sites_policy(
 
 
 def test_a_failing_site_reports_the_kind_of_error_and_nothing_else(
-    clinics: Clinics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    clinics: Clinics,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    send_to_site: Callable[[Path, RecordDict, str], Message],
 ) -> None:
     """The same clinic without skip_bad: its data error names the corrupt file and the site
     file; Flower would forward the exception's text, so not even a traceback may name them."""
@@ -317,39 +318,22 @@ def test_a_failing_site_reports_the_kind_of_error_and_nothing_else(
     )
     missing_file = clinics.root / "kestrel-ward-missing-site.toml"
     config = FederationConfig(classes=CLASSES, image_size=INPUT_SIDE)
-    instructions = RoundInstructions(
-        server_round=1,
-        phase="finetune",
-        model=config.model,
-        image_size=INPUT_SIDE,
-        class_names=CLASSES,
-    )
+    instructions = config.round_instructions(1, "finetune")
     content = RecordDict(
         {
             ARRAYS_KEY: to_record(phase_state(initial_state(config), "finetune")),
             CONFIG_KEY: ConfigRecord(instructions.to_config()),
         }
     )
-    TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
     # The details exist at the site, so it is the ClientApp that keeps them there.
     with pytest.raises(DataError, match=BROKEN):
         load_site_data(load_site_config(site_file), CLASSES, INPUT_SIDE, 0)
     with pytest.raises(ConfigError, match=missing_file.name):
         load_site_config(missing_file)
-    app = build_client_app()
     for site, secret in ((site_file, BROKEN), (missing_file, missing_file.name)):
-        context = Context(
-            run_id=1,
-            node_id=7,
-            node_config={"site-config": str(site)},
-            state=RecordDict(),
-            run_config={},
-        )
         for message_type in ("train", "evaluate", STATISTICS_MESSAGE):
-            message = Message(content, dst_node_id=7, message_type=message_type)
             with pytest.raises(SiteFailure) as failure:
-                app(message, context)
+                send_to_site(site, content, message_type)
             text = "".join(traceback.format_exception(failure.value))
             assert "at the site (details in its log)" in str(failure.value)
             for leak in (secret, str(clinics.root), FOLDER, MANIFEST):

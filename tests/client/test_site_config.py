@@ -4,7 +4,6 @@ import pytest
 
 from client.site_config import (
     load_site_config,
-    parse_label_map,
     site_from_node_config,
 )
 from hxr_model.errors import ConfigError
@@ -97,10 +96,15 @@ def test_a_node_without_any_site_is_told_how_to_configure_one() -> None:
         site_from_node_config({}, {})
 
 
-def test_label_maps_must_be_pairs() -> None:
-    assert parse_label_map("a=b,,c = d") == {"a": "b", "c": "d"}
-    with pytest.raises(ConfigError, match="'label-map'"):
-        parse_label_map("a=b,c")
+def test_a_node_config_label_map_is_read_with_the_one_grammar() -> None:
+    site = site_from_node_config(
+        {"site-name": "north", "data": "synthetic:8", "label-map": "a=b,c"}, {}
+    )
+    assert site.label_map == {"a": "b", "c": "c"}
+    with pytest.raises(ConfigError, match=r"invalid value for 'label-map'.*'=c'"):
+        site_from_node_config(
+            {"site-name": "north", "data": "synthetic:8", "label-map": "a=b,=c"}, {}
+        )
 
 
 @pytest.mark.parametrize(

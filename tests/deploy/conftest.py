@@ -1,5 +1,5 @@
-"""Shared by the deployment tests: a private image cache, tiny clinic image folders, and the
-real-process harness as an importable module.
+"""Shared by the deployment tests: a private image cache, tiny clinic image folders, the
+real-process harness as an importable module, and a running consortium per test module.
 
 Tests run in pytest's importlib mode (no test folder on sys.path), so `harness` is registered
 here, before this folder's test modules import it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +46,16 @@ def write_clinic(root: Path, per_class: int = 6, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def make_clinic() -> Callable[..., Path]:
     return write_clinic
+
+
+@pytest.fixture(scope="module")
+def consortium(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_clinic: Callable[..., Path],
+) -> Iterator[harness.Consortium]:
+    """A consortium of the requesting module's `CLINICS`, shared by its tests (starting one
+    takes minutes) and stopped after the last of them."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    with harness.running_consortium(root, request.module.CLINICS, make_clinic) as link:
+        yield link

@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from client.client_app import build_client_app
-from client.instructions import CONFIG_KEY, STATISTICS_ACTION, RoundInstructions
+from protocol.instructions import RoundInstructions
+from protocol.records import CONFIG_KEY, STATISTICS_ACTION
 
 FAULT_DIR_KEY = "fault-dir"
 POLL_S = 0.2

@@ -33,7 +33,7 @@ from server.certificates import ConsortiumCertificates, generate_certificates
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TOOLS = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
-APP_PACKAGES = ("client", "server", "hxr_model")
+APP_PACKAGES = ("protocol", "client", "server", "hxr_model")
 CONNECTION = "consortium"
 IGNORED = shutil.ignore_patterns("__pycache__")
 # The test-only ClientApp (the project's, behind a mod that can hold a message at a site).

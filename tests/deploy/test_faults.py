@@ -12,7 +12,6 @@ depend on how fast this machine is.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from harness import (
     Consortium,
     alive,
     flower_app,
-    running_consortium,
     skip_unless_runnable,
     tiny_run_config,
     wait_for,
@@ -36,15 +34,6 @@ RUN_SECONDS = 900
 # Long enough for a clinic on a busy 2-core machine to start its ClientApp process and train a
 # round on 16 images; the slow clinic's test waits this long once.
 ROUND_TIMEOUT = 120.0
-
-
-@pytest.fixture(scope="module")
-def consortium(
-    tmp_path_factory: pytest.TempPathFactory, make_clinic: Callable[..., Path]
-) -> Iterator[Consortium]:
-    root = tmp_path_factory.mktemp("faults")
-    with running_consortium(root, CLINICS, make_clinic) as link:
-        yield link
 
 
 @pytest.fixture(scope="module")

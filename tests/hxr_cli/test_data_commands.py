@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 import radiograph_files  # registered by tests/conftest.py
 
-from hxr_cli.data_commands import parse_label_map
 from hxr_cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 CXR4 = REPO.parent / "shared" / "data" / "cxr4" / "manifest.csv"
+
+
+def hxr(command: str) -> int:
+    """`hxr COMMAND`, split as a shell would."""
+    return main(shlex.split(command))
 
 
 @pytest.fixture(autouse=True)
@@ -70,20 +75,8 @@ def test_cxr4_manifest_passes_and_prints_the_class_table(
 
 
 def test_partition_prints_per_site_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "data",
-            "partition",
-            "synthetic:120:3",
-            "--sites",
-            "3",
-            "--partition",
-            "by-source",
-            "--image-size",
-            "32",
-            "--seed",
-            "1",
-        ]
+    code = hxr(
+        "data partition synthetic:120:3 --sites 3 --partition by-source --image-size 32 --seed 1"
     )
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
@@ -94,28 +87,7 @@ def test_partition_prints_per_site_counts(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_bad_partition_scheme_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "data",
-            "partition",
-            "synthetic:60",
-            "--sites",
-            "2",
-            "--partition",
-            "zipf",
-            "--image-size",
-            "32",
-        ]
-    )
+    code = hxr("data partition synthetic:60 --sites 2 --partition zipf --image-size 32")
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("hxr: error: unknown partition scheme 'zipf'") and err.count("\n") == 1
-
-
-def test_label_map_syntax() -> None:
-    assert parse_label_map("NORMAL=normal, BACTERIA=pneumonia,VIRUS=pneumonia,covid") == {
-        "NORMAL": "normal",
-        "BACTERIA": "pneumonia",
-        "VIRUS": "pneumonia",
-        "covid": "covid",
-    }

@@ -131,30 +131,26 @@ def test_newer_format_version(tmp_path: Path) -> None:
     expect_error(path, "version 99 is not supported")
 
 
-def test_invalid_config_names_the_field(tmp_path: Path) -> None:
-    path = tmp_path / "model.pt"
+def with_config(path: Path, **changes: Any) -> Path:
+    """A saved checkpoint whose config was then edited, as by hand or by another program."""
     save(path)
     content = payload(path)
-    content["config"]["class_names"] = ["only-one"]
+    content["config"] |= changes
     torch.save(content, path)
+    return path
+
+
+def test_invalid_config_names_the_field(tmp_path: Path) -> None:
+    path = with_config(tmp_path / "model.pt", class_names=["only-one"])
     expect_error(path, "model config: .*1 class names for 2 classes")
 
 
 def test_unknown_model_name(tmp_path: Path) -> None:
-    path = tmp_path / "model.pt"
-    save(path)
-    content = payload(path)
-    content["config"]["model_name"] = "hxr999"
-    torch.save(content, path)
-    expect_error(path, "unknown model 'hxr999'")
+    expect_error(with_config(tmp_path / "model.pt", model_name="hxr999"), "unknown model 'hxr999'")
 
 
 def test_mismatched_shapes(tmp_path: Path) -> None:
-    path = tmp_path / "model.pt"
-    save(path)
-    content = payload(path)
-    content["config"]["model_name"] = "hxr100"  # same keys, twice the channels
-    torch.save(content, path)
+    path = with_config(tmp_path / "model.pt", model_name="hxr100")  # same keys, 2x the channels
     message = expect_error(path, "weights do not match the model")
     assert "has shape" in message
 

@@ -24,7 +24,36 @@ DATA = "synthetic:64:2"
 SITES = 2
 
 
-class LocalGrid(Grid):
+class UnusedGrid(Grid):
+    """A Grid whose every method fails: the test grids below define only what the code under
+    test calls, so a call to anything else shows up instead of passing silently."""
+
+    def get_node_ids(self) -> Iterable[int]:
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def set_run(self, run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs) -> Message:
+        raise NotImplementedError
+
+
+class LocalGrid(UnusedGrid):
     """Delivers each message straight to the ClientApp of its node, in the calling thread; an
     exception becomes an error reply, as Flower's runtime does."""
 
@@ -66,21 +95,18 @@ class LocalGrid(Grid):
     ) -> Iterable[Message]:
         return [self._deliver(message) for message in messages]
 
-    def set_run(self, run) -> None:
-        raise NotImplementedError
 
-    @property
-    def run(self):
-        raise NotImplementedError
+class SilentGrid(UnusedGrid):
+    """One node that accepts messages and never replies, for the waits of a stoppable grid."""
 
-    def create_message(self, *args, **kwargs) -> Message:
-        raise NotImplementedError
+    def get_node_ids(self) -> Iterable[int]:
+        return [1]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
+        return ["message-1"]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
+        return []
 
 
 def honest_app() -> ClientApp:
@@ -116,3 +142,8 @@ def make_config(tmp_path) -> Callable[..., FederationConfig]:
         return FederationConfig(**(values | overrides))
 
     return make
+
+
+@pytest.fixture
+def silent_grid() -> SilentGrid:
+    return SilentGrid()

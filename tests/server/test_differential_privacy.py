@@ -21,10 +21,11 @@ from flwr.serverapp.strategy import FedAvg
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from client.instructions import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RoundInstructions
-from client.model_state import from_record, phase_state, to_record
 from hxr_cli.main import main
 from hxr_model.errors import ConfigError
+from protocol.arrays import from_record, to_record
+from protocol.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
+from protocol.schedule import phase_state
 from server.differential_privacy import ClinicLevelPrivacy, make_accountant, privacy_spent
 from server.federation import initial_state
 from server.run_config import FederationConfig
@@ -95,14 +96,7 @@ def test_a_site_clips_its_update_when_the_server_asks(make_grid, make_config) ->
     grid = make_grid()
     config = make_config()
     sent = from_record(to_record(phase_state(initial_state(config), "finetune")))  # as sent
-    instructions = RoundInstructions(
-        server_round=2,
-        phase="finetune",
-        model=config.model,
-        image_size=config.image_size,
-        class_names=config.classes,
-        batch_size=config.batch_size,
-    ).to_config()
+    instructions = config.round_instructions(2, "finetune").to_config()
     bound = 0.05
 
     def train(extra: dict) -> dict[str, np.ndarray]:

@@ -5,15 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.client_app import build_client_app
-from client.instructions import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, SITE_KEY, TRAIN_METRICS
-from client.model_state import from_record
 from client.site_config import validate_site_config
 from hxr_model.checkpoint import load_checkpoint
 from hxr_model.errors import ConfigError
+from protocol.arrays import from_record
+from protocol.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, SITE_KEY
+from protocol.replies import TRAIN_METRICS, site_record
 from server.federation import fingerprint, initial_state, run_federation
 from server.run_store import ResumeState, RunStore
 
@@ -26,7 +27,9 @@ def test_a_run_prewarms_finetunes_and_writes_every_result(make_grid, make_config
     assert [(r["round"], r["phase"]) for r in records] == [(1, "prewarm"), (2, "finetune")]
     for record in records:
         assert sorted(record["train"]["sites"]) == ["site-1", "site-2"]
-        assert set(record["train"]["sites"]["site-1"]) == set(TRAIN_METRICS[record["phase"]])
+        assert set(record["train"]["sites"]["site-1"]) == set(
+            TRAIN_METRICS[record["phase"]].names()
+        )
     assert records[0]["evaluate"]["sites"] == {}  # pre-warm rounds are not evaluated
     assert all(not r["failures"] and not r["rejected"] for r in records)
     # Before evaluation both sites re-measured BatchNorm statistics for the aggregated weights.
@@ -63,7 +66,7 @@ def hostile_app(name: str, corrupt) -> ClientApp:
     @app.train()
     def train(message: Message, context) -> Message:
         phase = message.content[CONFIG_KEY]["phase"]
-        metrics = {key: 0.5 for key in TRAIN_METRICS[phase]} | {"num-examples": 1000}
+        metrics = {key: 0.5 for key in TRAIN_METRICS[phase].names()} | {"num-examples": 1000}
         metrics |= {"per-class-recall": [0.5] * 6, "skipped-files": 0}
         arrays = {k: corrupt(v) for k, v in from_record(message.content[ARRAYS_KEY]).items()}
         record = ArrayRecord(
@@ -72,7 +75,7 @@ def hostile_app(name: str, corrupt) -> ClientApp:
         content = {
             ARRAYS_KEY: record,
             METRICS_KEY: MetricRecord(metrics),
-            SITE_KEY: ConfigRecord({"name": name}),
+            SITE_KEY: site_record(name),
         }
         return Message(RecordDict(content), reply_to=message)
 
@@ -117,7 +120,7 @@ def test_hostile_updates_are_rejected_logged_and_have_no_influence(
     record = json.loads((run_dir / "rounds.jsonl").read_text())
     rejected = {item["site"]: item["reason"] for item in record["rejected"]}
     assert "NaN" in rejected["nan-site"] and "exceeds" in rejected["huge-site"]
-    assert "unreadable weights" in rejected["pickle-site"]
+    assert "is object" in rejected["pickle-site"] and "expected float32" in rejected["pickle-site"]
     assert sorted(record["train"]["sites"]) == ["site-1", "site-2"]
     failed = {item["site"]: item["reason"] for item in record["failures"]}
     assert "laptop went to sleep" in failed["nan-site"] and "huge-site" in failed
@@ -179,7 +182,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
         run_federation(make_grid(), crashing, run_id=2)
     store = RunStore(tmp_path / "crashed")
     assert store.load_state().round == 2
-    assert [r["round"] for r in store.read_rounds()] == [1, 2, 3]  # round 3 never committed
+    assert [r.round for r in store.read_rounds()] == [1, 2, 3]  # round 3 never committed
 
     monkeypatch.setattr(RunStore, "save_state", commit)
     resumed = crashing.model_copy(update={"resume": True})
@@ -187,7 +190,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
 
     final = store.load_state()
     assert final.round == 4
-    assert [r["round"] for r in store.read_rounds()] == [1, 2, 3, 4]
+    assert [r.round for r in store.read_rounds()] == [1, 2, 3, 4]
     for name, array in expected.arrays.items():
         np.testing.assert_allclose(final.arrays[name], array, rtol=0, atol=1e-5, err_msg=name)
     assert (store.run_dir / "global_model.pt").exists()

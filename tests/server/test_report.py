@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protocol.gradcam_samples import GradcamSamples
 from server.federation import RoundCommitter
-from server.gallery import ReceivedSamples
-from server.report import write_report, write_summary
+from server.report import write_report
+from server.round_record import RoundRecord
 from server.run_config import FederationConfig
 from server.run_store import RunStore
+from server.summary import write_summary
 
 CLASSES = ["normal", "pneumonia"]
 PROBE = (
@@ -48,26 +50,28 @@ def train_metrics(loss: float) -> dict:
     }
 
 
-def record(round_: int, phase: str) -> dict:
+def record(round_: int, phase: str, reason: str = "contains NaN") -> RoundRecord:
     evaluated = phase == "finetune"
-    return {
-        "round": round_,
-        "phase": phase,
-        "seconds": 3.0,
-        "train": {
-            "aggregate": train_metrics(1.0),
-            "sites": {"north": train_metrics(1.1), "south": train_metrics(0.9)},
-        },
-        "evaluate": {
-            "aggregate": site_metrics(0.75, 16) if evaluated else {},
-            "sites": {"north": site_metrics(0.5, 8), "south": site_metrics(1.0, 8)}
-            if evaluated
-            else {},
-        },
-        "rejected": [{"site": "mallory", "stage": "train", "reason": "contains NaN"}],
-        "failures": [],
-        "gradcam": {},
-    }
+    return RoundRecord.model_validate(
+        {
+            "round": round_,
+            "phase": phase,
+            "seconds": 3.0,
+            "train": {
+                "aggregate": train_metrics(1.0),
+                "sites": {"north": train_metrics(1.1), "south": train_metrics(0.9)},
+            },
+            "evaluate": {
+                "aggregate": site_metrics(0.75, 16) if evaluated else {},
+                "sites": {"north": site_metrics(0.5, 8), "south": site_metrics(1.0, 8)}
+                if evaluated
+                else {},
+            },
+            "rejected": [{"site": "mallory", "stage": "train", "reason": reason}],
+            "failures": [],
+            "gradcam": {},
+        }
+    )
 
 
 @pytest.fixture
@@ -78,7 +82,7 @@ def run(tmp_path: Path) -> tuple[RunStore, FederationConfig]:
     store = RunStore(tmp_path / "run")
     committer = RoundCommitter(config, store)
     rng = np.random.default_rng(0)
-    samples = ReceivedSamples(
+    samples = GradcamSamples(
         heatmaps=rng.integers(0, 256, (2, 32, 32), dtype=np.uint8),
         images=rng.integers(0, 256, (2, 32, 32), dtype=np.uint8),
         labels=[0, 1],
@@ -87,6 +91,13 @@ def run(tmp_path: Path) -> tuple[RunStore, FederationConfig]:
     for number, phase in ((1, "prewarm"), (2, "finetune")):
         committer.record_round(record(number, phase), {"north": samples})
     return store, config
+
+
+def write_both(store: RunStore, config: FederationConfig) -> str:
+    """summary.json, then report.html from it; returns the page."""
+    records = store.read_rounds()
+    write_report(store, config, records, write_summary(store, config, records))
+    return (store.run_dir / "report.html").read_text()
 
 
 def test_summary_holds_final_metrics_resources_and_incidents(run) -> None:
@@ -110,13 +121,23 @@ def test_gallery_images_are_owner_only_like_every_run_file(run) -> None:
 
 def test_report_is_self_contained(run) -> None:
     store, config = run
-    write_report(
-        store, config, store.read_rounds(), write_summary(store, config, store.read_rounds())
-    )
-    page = (store.run_dir / "report.html").read_text()
+    page = write_both(store, config)
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing fetched from outside
     assert page.count("data:image/png;base64,") == 3 + 2  # plots + north's two samples
     assert "mallory" in page and "true: pneumonia" in page
+
+
+def test_report_escapes_what_sites_send(tmp_path: Path) -> None:
+    """A failure reason is text from a site: it must show as text, never run as markup."""
+    config = FederationConfig(
+        classes=CLASSES, num_server_rounds=2, prewarm_rounds=1, out_dir=str(tmp_path)
+    )
+    store = RunStore(tmp_path)
+    records = [record(1, "prewarm", reason="<script>alert(1)</script>"), record(2, "finetune")]
+    write_report(store, config, records, write_summary(store, config, records))
+    page = (store.run_dir / "report.html").read_text()
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 def test_report_renders_in_headless_chromium(run, tmp_path: Path) -> None:
@@ -124,11 +145,8 @@ def test_report_renders_in_headless_chromium(run, tmp_path: Path) -> None:
     if browser is None:
         pytest.skip("chromium is not installed (.ci/run installs the Debian package)")
     store, config = run
-    write_report(
-        store, config, store.read_rounds(), write_summary(store, config, store.read_rounds())
-    )
+    page = write_both(store, config)
     probed = tmp_path / "probed.html"
-    page = (store.run_dir / "report.html").read_text()
     probed.write_text(page.replace("</body>", PROBE + "</body>"))
     result = subprocess.run(
         [

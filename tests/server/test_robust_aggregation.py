@@ -5,9 +5,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.instructions import ARRAYS_KEY, METRICS_KEY
-from client.model_state import from_record, to_record
-from server.phased_strategy import make_flower_strategy
+from protocol.arrays import from_record, to_record
+from protocol.records import ARRAYS_KEY, METRICS_KEY
+from server.strategy_factory import make_flower_strategy
 
 HONEST = (1.0, 1.1, 0.9, 1.05)
 POISONED = 5.0

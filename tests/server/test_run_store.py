@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hxr_model.errors import CheckpointError
+from server.round_record import RoundRecord, StageResults
 from server.run_store import ResumeState, RunStore
 
 CLASSES = ["normal", "pneumonia"]
@@ -26,16 +27,13 @@ def test_server_state_round_trips(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def record(number: int) -> dict:
-    return {
-        "round": number,
-        "phase": "finetune",
-        "train": {"aggregate": {}, "sites": {"north": {"train-loss": 1.0 / number}}},
-        "evaluate": {"aggregate": {}, "sites": {"north": {"per-class-recall": [0.5, np.nan]}}},
-        "rejected": [],
-        "failures": [],
-        "gradcam": {},
-    }
+def record(number: int) -> RoundRecord:
+    return RoundRecord(
+        round=number,
+        phase="finetune",
+        train=StageResults(sites={"north": {"train-loss": 1.0 / number}}),
+        evaluate=StageResults(sites={"north": {"per-class-recall": [0.5, np.nan]}}),
+    )
 
 
 def test_records_of_uncommitted_rounds_are_discarded(tmp_path: Path) -> None:
@@ -43,7 +41,7 @@ def test_records_of_uncommitted_rounds_are_discarded(tmp_path: Path) -> None:
     for number in (1, 2, 3):
         store.append_round(record(number), CLASSES)
     store.append_round(record(3), CLASSES)  # a re-run round replaces its stale copy
-    assert [r["round"] for r in store.read_rounds()] == [1, 2, 3]
+    assert [r.round for r in store.read_rounds()] == [1, 2, 3]
     table = (tmp_path / "sites" / "north.csv").read_text().splitlines()
     assert table[0] == (
         "round,phase,train:train-loss,"
@@ -51,7 +49,7 @@ def test_records_of_uncommitted_rounds_are_discarded(tmp_path: Path) -> None:
     )
     assert table[1] == "1,finetune,1.0,0.5,"  # NaN (undefined recall) is written as empty
     store.discard_after(1, CLASSES)
-    assert [r["round"] for r in store.read_rounds()] == [1]
+    assert [r.round for r in store.read_rounds()] == [1]
     assert len((tmp_path / "sites" / "north.csv").read_text().splitlines()) == 2
 
 

@@ -8,6 +8,10 @@ from hxr_model.data import load_splits
 from simulations.baselines import ALL_SITES, compare_baselines, weighted_mean
 from simulations.federation import SimulationSettings
 
+# The federation's budget, which each baseline trains with: a pre-warm round, then a fine-tuning
+# round of one local epoch.
+SMALL_BUDGET = {"num_server_rounds": 2, "prewarm_rounds": 1, "local_epochs": 1}
+
 
 def test_clinic_scores_are_averaged_by_examples() -> None:
     rows = [
@@ -22,14 +26,7 @@ def test_clinic_scores_are_averaged_by_examples() -> None:
 
 def test_centralized_and_local_baselines_are_scored_on_each_clinics_split(tmp_path: Path):
     settings = SimulationSettings(
-        data="synthetic:48:2",
-        sites=2,
-        rounds=2,
-        prewarm_rounds=1,
-        local_epochs=1,
-        image_size=32,
-        batch_size=16,
-        out=tmp_path,
+        data="synthetic:48:2", sites=2, image_size=32, batch_size=16, out=tmp_path, **SMALL_BUDGET
     )
     splits = load_splits(settings.data, settings.image_size, seed=settings.seed)
     results = compare_baselines(settings, splits)

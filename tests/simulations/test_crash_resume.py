@@ -80,7 +80,7 @@ def test_a_killed_simulation_resumes_after_its_last_completed_round(tmp_path: Pa
         at_kill = store.load_state()
         completed = at_kill.round
         assert KILL_AFTER <= completed < ROUNDS
-        kept = [r for r in store.read_rounds() if r["round"] <= completed]
+        kept = [r for r in store.read_rounds() if r.round <= completed]
         # The round's model checkpoint and the resume state hold the same classifier.
         checkpoint = load_checkpoint(store.round_checkpoint(completed)).model.state_dict()
         for name, tensor in checkpoint.items():
@@ -95,10 +95,10 @@ def test_a_killed_simulation_resumes_after_its_last_completed_round(tmp_path: Pa
         processes.stop()
 
     rounds = store.read_rounds()
-    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))  # none lost or repeated
+    assert [r.round for r in rounds] == list(range(1, ROUNDS + 1))  # none lost or repeated
     assert rounds[:completed] == kept  # completed rounds were not run again
-    assert rounds[completed]["weights_sha256"]["start"] == weights_digest(at_kill.arrays)
+    assert rounds[completed].weights_sha256["start"] == weights_digest(at_kill.arrays)
     for before, after in pairwise(rounds):
-        assert after["weights_sha256"]["start"] == before["weights_sha256"]["end"]
+        assert after.weights_sha256["start"] == before.weights_sha256["end"]
     assert store.load_state().round == ROUNDS
     assert load_checkpoint(store.run_dir / "global_model.pt").model_name == "hxr50"

@@ -112,24 +112,22 @@ def test_a_federation_whose_last_round_took_no_update_exits_non_zero(
     The run itself is played by the real server over an in-process grid in tests/server; here
     only its outcome on disk is given."""
     import simulations.federation
+    from server.round_record import Incident, RoundRecord, StageResults
     from server.run_store import RunStore
 
     failure = {"site": "site-1", "stage": "train", "reason": "DataError at the site"}
 
     def every_clinic_fails(settings: simulations.federation.SimulationSettings) -> Path:
         settings.out.mkdir(parents=True)
-        records = []
+        store = RunStore(settings.out)
         for number, sites in ((1, {"site-1": {"num-examples": 8}}), (2, {})):
-            records.append(
-                {
-                    "round": number,
-                    "train": {"aggregate": {}, "sites": sites},
-                    "rejected": [],
-                    "failures": [] if sites else [failure],
-                }
+            record = RoundRecord(
+                round=number,
+                phase="finetune",
+                train=StageResults(sites=sites),
+                failures=[] if sites else [Incident(**failure)],
             )
-        lines = "".join(json.dumps(record) + "\n" for record in records)
-        RunStore(settings.out).rounds_path.write_text(lines)
+            store.append_round(record, ["a", "b"])
         (settings.out / "summary.json").write_text("{}")
         return settings.out
 

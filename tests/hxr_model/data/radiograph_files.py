@@ -1,4 +1,5 @@
-"""Real files for the data tests: PNG, JPEG, DICOM (written with pydicom) and broken ones.
+"""Real files for the data tests: PNG, JPEG, DICOM (written with pydicom) and broken ones, and
+what every decoded image must satisfy.
 
 Imported by the data tests here and, by path, by the CLI tests (tests/ is not a package).
 """
@@ -12,9 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from hxr_model.data.decoding import decode_image_bytes
+from hxr_model.data.problems import ImageProblem
 
 
 def quadrants(values: Sequence[float], side: int = 32, dtype: type = np.uint16) -> np.ndarray:
@@ -87,6 +92,20 @@ def dicom_bytes(
     return buffer.getvalue()
 
 
+def byte_flips(span: int, most: int) -> st.SearchStrategy[list[tuple[int, int]]]:
+    """Up to `most` (position, new byte value) pairs for `damage`, positions below `span`."""
+    return st.lists(st.tuples(st.integers(0, span), st.integers(0, 255)), max_size=most)
+
+
+def damage(data: bytes, flips: Sequence[tuple[int, int]], keep: int) -> bytes:
+    """`data` as a file damaged in transit: bytes overwritten (positions wrap around its
+    length), then cut after `keep` bytes (at least one)."""
+    damaged = bytearray(data)
+    for position, value in flips:
+        damaged[position % len(damaged)] = value
+    return bytes(damaged[: max(keep, 1)])
+
+
 def bomb_png(width: int, height: int) -> bytes:
     """A small PNG whose header claims width x height pixels (CRC fixed so only size is wrong)."""
     data = bytearray(png_bytes(np.zeros((32, 32), np.uint8)))
@@ -136,3 +155,19 @@ def write_clinic_folder(root: Path) -> tuple[set[str], dict[str, str]]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
     return set(good), {name: kind for name, (_, kind) in broken.items()}
+
+
+def assert_usable(image: np.ndarray, shape: tuple[int, ...] | None = None) -> None:
+    """What every consumer of a decoded image relies on."""
+    assert image.ndim == 2 and image.dtype == np.float32
+    assert shape is None or image.shape == shape
+    assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
+
+
+def assert_decodes_or_refuses(data: bytes, name: str) -> None:
+    """Whatever the bytes, the decoder yields a usable image or raises ImageProblem."""
+    try:
+        image = decode_image_bytes(data, name)
+    except ImageProblem:
+        return
+    assert_usable(image)

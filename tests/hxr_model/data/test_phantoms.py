@@ -31,15 +31,12 @@ def same_chests(label: int, count: int = 12, size: int = 64) -> PhantomBatch:
     return generate_phantoms(count, size, seed=5, class_balance=only(label))
 
 
-def test_class_names_are_the_six_chestx6_classes() -> None:
-    assert PHANTOM_CLASSES == (
-        "normal",
-        "bacterial_pneumonia",
-        "viral_pneumonia",
-        "covid19",
-        "tuberculosis",
-        "emphysema",
-    )
+def test_the_six_classes_are_distinct_label_names_with_normal_first() -> None:
+    """The names themselves are pinned where users meet them, in the demo's run config
+    (tests/server/test_settings_agree.py); here, what makes them usable as labels."""
+    assert len(set(PHANTOM_CLASSES)) == len(PHANTOM_CLASSES) == 6
+    assert PHANTOM_CLASSES[0] == "normal"
+    assert all(name.isidentifier() and name.islower() for name in PHANTOM_CLASSES)
 
 
 @pytest.mark.parametrize("size", [28, 128])

@@ -5,7 +5,7 @@ FedMedian, each with no flipping clinic and with clinic 1 flipping. Every final 
 scored centrally on the whole validation split with its true labels (the federation's own
 evaluation would score the flipping clinic against its flipped labels).
 
-    python -m simulations.label_flip --out runs/label-flip
+    python -m experiments.label_flip --out runs/label-flip
 
 Each run's folder is kept; a rerun skips runs whose summary.json exists.
 """
@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from experiments.shared_data import SHARED_DATASETS, add_data_root_option
 from hxr_model.checkpoint import load_checkpoint
+from hxr_model.text_table import format_markdown_table
 from hxr_model.training import evaluate_classifier
 from simulations.federation import SimulationSettings, load_settings_splits, simulate
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-PNEUMONIAMNIST = f"medmnist:{SHARED}/pneumoniamnist/pneumoniamnist_trainval.npz"
 FLIPPING_CLINIC = 1
 STRATEGIES = ("fedavg", "fedmedian")
 
@@ -59,7 +59,8 @@ def run(settings: SimulationSettings) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/label-flip"))
-    parser.add_argument("--data", default=PNEUMONIAMNIST)
+    add_data_root_option(parser)
+    parser.add_argument("--data", help="data reference (default: PneumoniaMNIST in --data-root)")
     parser.add_argument("--model", default="hxr50")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--cpus", type=int, default=1)
@@ -67,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.cpus)
     common = SimulationSettings(
-        data=args.data,
+        data=args.data or SHARED_DATASETS["pneumoniamnist"].ref(args.data_root),
         sites=5,
         partition="iid",
         rounds=args.rounds,
@@ -96,13 +97,23 @@ def main() -> None:
             )
             rows.append(run(settings))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("| strategy | flipping clinic | val accuracy | balanced acc. | AUC |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['strategy']} | {row['flipping_clinic'] or 'none'} | {row['accuracy']:.4f} | "
-            f"{row['balanced_accuracy']:.4f} | {row['auc']:.4f} |"
-        )
+    print(results_table(rows))
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    return format_markdown_table(
+        ("strategy", "flipping clinic", "val accuracy", "balanced acc.", "AUC"),
+        [
+            (
+                row["strategy"],
+                row["flipping_clinic"] or "none",
+                f"{row['accuracy']:.4f}",
+                f"{row['balanced_accuracy']:.4f}",
+                f"{row['auc']:.4f}",
+            )
+            for row in rows
+        ],
+    )
 
 
 if __name__ == "__main__":

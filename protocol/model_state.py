@@ -1,9 +1,7 @@
-"""Moving weights between PyTorch modules and Flower ArrayRecords.
+"""Moving weights between PyTorch modules and the flat numpy state the federation exchanges.
 
 Only floating-point tensors travel: integer buffers such as BatchNorm's `num_batches_tracked`
 cannot be averaged and do not influence a forward pass with momentum-based statistics.
-The projection head used in pre-warming travels under the `projection.` prefix next to the
-classifier's own names, so one flat record describes the whole federated state.
 """
 
 from __future__ import annotations
@@ -12,12 +10,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 from torch import nn
 
-from client.instructions import PROJECTION_PREFIX, Phase, is_exchanged
 from hxr_model.models import RadiographClassifier
 from hxr_model.prewarm import ProjectionHead
+from protocol.schedule import PROJECTION_PREFIX, Phase, is_exchanged
 
 
 def float_state(module: nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
@@ -34,18 +31,6 @@ def federated_state(
 ) -> dict[str, np.ndarray]:
     """Everything the federation aggregates: classifier weights and the SimCLR projection head."""
     return {**float_state(classifier), **float_state(projection, PROJECTION_PREFIX)}
-
-
-def phase_state(state: Mapping[str, np.ndarray], phase: Phase) -> dict[str, np.ndarray]:
-    return {name: array for name, array in state.items() if is_exchanged(name, phase)}
-
-
-def to_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(array)) for name, array in state.items()})
-
-
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in record.items()}
 
 
 def load_into(

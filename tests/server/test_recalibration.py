@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from server.batchnorm_statistics import pool_statistics
+from server.recalibration import pool_statistics
 
 
 def site(mean: float, var: float) -> dict[str, np.ndarray]:

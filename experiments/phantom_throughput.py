@@ -1,10 +1,10 @@
 """Benchmark: how many synthetic phantoms per second one CPU core renders at 128 px.
 
-The synthetic clinics must stay cheap enough to generate on the fly (the issue asks for at least
-500 images/s on one core), so this prints the figure rather than asserting it in a timed test.
+The synthetic clinics must stay cheap enough to generate on the fly (the target is at least 500
+images/s on one core), so this prints the figure rather than asserting it in a timed test.
 The one-core figure is CPU time of a single-threaded process, which other processes on a shared
 machine do not distort; wall-clock time is printed beside it.
-Run: `python -m simulations.phantom_throughput [--count N] [--size PX] [--repeats R]`.
+Run: `python -m experiments.phantom_throughput [--count N] [--size PX] [--repeats R]`.
 """
 
 from __future__ import annotations

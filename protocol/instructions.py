@@ -1,0 +1,80 @@
+"""What the server asks of a clinic each round, sent in the message's ConfigRecord.
+
+The server is the single authority on model, classes and hyperparameters, so a clinic's
+SuperNode needs no copy of the run config; the clinic validates what arrives. Every field is
+required: the values come from the coordinator's run config, where their defaults are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hxr_model.errors import ConfigError
+from protocol.records import PROTOCOL_VERSION
+from protocol.schedule import Phase
+
+
+def kebab(name: str) -> str:
+    """Flower records and run configs spell keys in kebab-case; Python fields in snake_case."""
+    return name.replace("_", "-")
+
+
+class RoundInstructions(BaseModel):
+    """One round's settings, sent as a ConfigRecord (kebab-case keys)."""
+
+    model_config = ConfigDict(
+        extra="ignore", alias_generator=kebab, populate_by_name=True, frozen=True
+    )
+
+    protocol_version: int = PROTOCOL_VERSION
+    server_round: int = Field(ge=1)
+    phase: Phase
+    model: str
+    image_size: int = Field(ge=16, le=1024)
+    class_names: list[str] = Field(min_length=2)
+    local_epochs: int = Field(ge=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=2)
+    seed: int
+    temperature: float = Field(gt=0)
+    projection_dim: int = Field(ge=2)
+    proximal_mu: float = Field(ge=0)
+    gradcam_per_class: int = Field(ge=0, le=16)
+    gradcam_size: int = Field(ge=8, le=128)
+
+    def to_config(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RoundInstructions:
+        version = config.get(kebab("protocol_version"))
+        if version != PROTOCOL_VERSION:
+            raise ConfigError(
+                f"server instructions: protocol version {version!r}, this clinic speaks "
+                f"{PROTOCOL_VERSION}: upgrade the older side"
+            )
+        try:
+            return cls.model_validate(dict(config))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"server instructions: invalid '{field}': {first['msg']}") from None
+
+    @property
+    def sample_side(self) -> int:
+        return sample_side_for(self.gradcam_size, self.image_size)
+
+    def site_seed(self, site_name: str) -> int:
+        """A seed fixed by (run seed, round, site): a resumed round trains exactly as before."""
+        text = f"{self.seed}/{self.server_round}/{site_name}".encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+
+
+def sample_side_for(gradcam_size: int, image_size: int) -> int:
+    """Side of shared Grad-CAM samples: at most half the model's input, so an `overlay` image is
+    always a downscaled copy, never the radiograph at full resolution."""
+    return max(1, min(gradcam_size, image_size // 2))

@@ -1,0 +1,30 @@
+"""Record keys, message types and the protocol version that every message carries.
+
+Flower's strategies are told these keys explicitly (`server.strategy_factory`), so renaming one
+here renames it everywhere.
+"""
+
+from __future__ import annotations
+
+# Bumped whenever a message's content changes shape; clinics and coordinators upgrade at different
+# times, and a mismatch must be one clear rejection, not a confusing failure later.
+PROTOCOL_VERSION = 2
+PROTOCOL_VERSION_KEY = "protocol-version"
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+SITE_KEY = "site"
+SITE_NAME_KEY = "name"
+GRADCAM_ARRAYS_KEY = "gradcam"
+GRADCAM_META_KEY = "gradcam-meta"
+GRADCAM_HEATMAPS = "heatmaps"
+GRADCAM_IMAGES = "images"
+GRADCAM_LABELS = "labels"
+GRADCAM_PREDICTIONS = "predictions"
+# The metric Flower's weighted strategies weigh each reply by.
+WEIGHT_KEY = "num-examples"
+
+# BatchNorm re-estimation for the aggregated weights, between training and evaluation.
+STATISTICS_ACTION = "batchnorm_statistics"
+STATISTICS_MESSAGE = f"query.{STATISTICS_ACTION}"  # Flower message type: category.action

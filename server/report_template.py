@@ -1,0 +1,90 @@
+"""The Jinja2 template of `report.html` (rendered with autoescaping by `server.report`).
+
+It lives in a Python module rather than a `.j2` file because Flower's app bundle (FAB), which a
+deployed SuperExec runs the ServerApp from, carries only Python, TOML, Markdown, YAML and JSON
+files: a template file next to the code would be missing there.
+"""
+
+REPORT_TEMPLATE = """\
+{#- report.html: one self-contained page (inline CSS and base64 PNGs); see server/report.py. -#}
+{%- macro table(header, rows) -%}
+<table><thead><tr>
+{%- for name in header %}<th>{{ name }}</th>{% endfor -%}
+</tr></thead><tbody>
+{%- for row in rows %}<tr>
+  {%- for value in row %}<td>{{ value | fmt }}</td>{% endfor -%}
+</tr>{% endfor -%}
+</tbody></table>
+{%- endmacro -%}
+{%- macro png(data, alt, css="plot") -%}
+<img class="{{ css }}" alt="{{ alt }}" src="data:image/png;base64,{{ data }}">
+{%- endmacro -%}
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>HybridNet-XR federated run</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}
+th{background:#f3f3f3}img.plot{max-width:100%}.gallery{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:110px;text-align:center;font-size:10px;overflow-wrap:anywhere}img.gradcam{width:96px;height:96px}
+</style>
+</head>
+<body>
+<h1>HybridNet-XR federated run</h1>
+<p>{{ run_dir }}</p>
+{{ table(["model", "strategy", "rounds", "pre-warm rounds", "classes"],
+         [[settings.model, settings.strategy, settings.rounds, settings.prewarm_rounds,
+           settings.classes]]) }}
+{% if privacy %}
+<p>Differential privacy per clinic: (ε = {{ privacy.epsilon }}, δ = {{ privacy.delta }}) over
+{{ privacy.rounds }} round(s), noise multiplier {{ privacy.noise_multiplier }}, clipping norm
+{{ privacy.clipping_norm }}; covers the model updates, not the metrics or Grad-CAM samples sites
+share.</p>
+{% else %}
+<p>Differential privacy: off.</p>
+{% endif %}
+{% if final %}
+<h2>Global model on each site's test split (round {{ final.round }})</h2>
+{{ table(["site"] + evaluation_keys | list, final.rows) }}
+{% endif %}
+{% for baseline in baselines %}
+<h2>Baseline: {{ baseline.name }}</h2>
+{{ table(["model"] + evaluation_keys | list, baseline.rows) }}
+{% endfor %}
+<h2>Metrics per site over rounds</h2>
+{{ png(metrics_png, "metrics per site over rounds") }}
+{% if final and final.confusion_png %}
+<h2>Confusion matrices</h2>
+{{ png(final.confusion_png, "confusion matrices") }}
+{% endif %}
+{% if resources %}
+<h2>Memory and time per site</h2>
+{{ table(["site", "training images", "peak memory MB", "training s", "images/s",
+          "skipped files"], resources) }}
+{{ png(resources_png, "memory and time per site") }}
+{% endif %}
+{% if incidents %}
+<h2>Rejected updates and failures</h2>
+{{ table(["round", "site", "stage", "reason"], incidents) }}
+{% endif %}
+{% if gallery %}
+<h2>Grad-CAM gallery (round {{ gallery.round }})</h2>
+{% for site in gallery.sites %}
+<h3>{{ site.name }}</h3>
+<div class="gallery">
+{% for picture in site.pictures %}
+{% set alt = "Grad-CAM, true " ~ picture.true ~ ", predicted " ~ picture.predicted %}
+<figure>{{ png(picture.png, alt, "gradcam") }}
+<figcaption>true: {{ picture.true }}<br>pred: {{ picture.predicted }}</figcaption></figure>
+{% endfor %}
+</div>
+{% endfor %}
+{% else %}
+<h2>Grad-CAM gallery</h2>
+<p>No samples: no site's policy allows any.</p>
+{% endif %}
+</body>
+</html>
+"""

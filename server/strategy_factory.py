@@ -1,0 +1,49 @@
+"""Flower's aggregation rules, configured from the run config and told our record keys.
+
+The rules are Flower's own (`flwr.serverapp.strategy`); this module only picks one by name,
+passes the protocol's record keys (so nothing relies on them matching Flower's defaults) and
+NaN-aware metric averaging, and wraps it for differential privacy when that is on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, Strategy
+
+from protocol.records import ARRAYS_KEY, CONFIG_KEY, WEIGHT_KEY
+from protocol.schedule import PHASES, Phase
+from server.differential_privacy import add_differential_privacy
+from server.metric_aggregation import aggregate_metric_records
+from server.run_config import FederationConfig
+
+
+def make_flower_strategy(config: FederationConfig) -> FedAvg:
+    """The aggregation rule named in the run config."""
+    evaluate_nodes = config.min_nodes if config.fraction_evaluate > 0 else 0
+    common: dict[str, Any] = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": config.fraction_evaluate,
+        "min_train_nodes": config.min_nodes,
+        "min_evaluate_nodes": evaluate_nodes,
+        "min_available_nodes": config.min_nodes,
+        "weighted_by_key": WEIGHT_KEY,
+        "arrayrecord_key": ARRAYS_KEY,
+        "configrecord_key": CONFIG_KEY,
+        "train_metrics_aggr_fn": aggregate_metric_records,
+        "evaluate_metrics_aggr_fn": aggregate_metric_records,
+    }
+    if config.strategy == "fedprox":
+        return FedProx(**common, proximal_mu=config.proximal_mu)
+    if config.strategy == "fedadam":
+        return FedAdam(**common, eta=config.server_learning_rate, eta_l=config.learning_rate)
+    if config.strategy == "fedmedian":
+        return FedMedian(**common)
+    return FedAvg(**common)
+
+
+def make_phase_strategies(config: FederationConfig) -> dict[Phase, Strategy]:
+    """One Flower strategy per phase: adaptive server optimisers (FedAdam) keep moments per
+    weight name, and the phases exchange different names."""
+    strategies = {phase: make_flower_strategy(config) for phase in PHASES}
+    return add_differential_privacy(strategies, config)
