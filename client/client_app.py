@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from logging import ERROR, INFO
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common.logger import log
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.disclosure import check_request
 from client.local_rounds import (
     evaluate_round,
     finetune_round,
@@ -102,9 +103,10 @@ def _prepare(
 ) -> tuple[SiteConfig, RoundInstructions, SiteData]:
     site = resolve_site(context)
     instructions = RoundInstructions.from_config(message.content[CONFIG_KEY])
-    data = load_site_data(
-        site, instructions.class_names, instructions.image_size, instructions.seed
+    check_request(
+        context, instructions, evaluation=message.metadata.message_type == MessageType.EVALUATE
     )
+    data = load_site_data(site, instructions.class_names, instructions.image_size)
     return site, instructions, data
 
 

@@ -26,7 +26,7 @@ def pick_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> list
     ]
 
 
-def _to_uint8(maps: torch.Tensor, size: int) -> np.ndarray:
+def downscaled_uint8(maps: torch.Tensor, size: int) -> np.ndarray:
     small = F.interpolate(maps[:, None].float(), size=(size, size), mode="area")[:, 0]
     return (small.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
@@ -49,8 +49,8 @@ def gradcam_samples(
         predictions = model.eval()(images).argmax(dim=1).cpu().tolist()
     heatmaps = torch.from_numpy(gradcam(model, images))
     return GradcamSamples(
-        heatmaps=_to_uint8(heatmaps, size),
-        images=_to_uint8(images[:, 0].cpu(), size) if include_images else None,
+        heatmaps=downscaled_uint8(heatmaps, size),
+        images=downscaled_uint8(images[:, 0].cpu(), size) if include_images else None,
         labels=[int(dataset.labels[index]) for index in chosen],
         predictions=[int(p) for p in predictions],
     )

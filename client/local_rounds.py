@@ -15,6 +15,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import ConcatDataset
 
+from client.disclosure import sample_limits
 from client.gradcam_samples import gradcam_samples
 from client.site_config import SiteConfig
 from client.site_data import SiteData
@@ -181,12 +182,9 @@ def evaluate_round(
         confusion_matrix=[int(v) for row in metrics["confusion_matrix"] for v in row],
     )
     samples = None
-    if site.privacy != "none" and instructions.gradcam_per_class > 0:
+    per_class, side = sample_limits(site, instructions)
+    if site.privacy != "none" and per_class > 0:
         samples = gradcam_samples(
-            model,
-            dataset,
-            per_class=instructions.gradcam_per_class,
-            size=instructions.sample_side,
-            include_images=site.privacy == "overlay",
+            model, dataset, per_class=per_class, size=side, include_images=site.privacy == "overlay"
         )
     return summary, samples

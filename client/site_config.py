@@ -46,7 +46,12 @@ class SitePartition(BaseModel):
 
 
 class SiteConfig(BaseModel):
-    """Everything a clinic decides for itself; the server never sees the data reference."""
+    """Everything a clinic decides for itself; the server never sees the data reference.
+
+    What the clinic discloses is the clinic's to fix, whatever its coordinator asks: the split
+    of its images (`split_seed`, else drawn once and kept in `state_dir`), so the same images are
+    held out in every run, and the number and side of the Grad-CAM samples it shares.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +63,10 @@ class SiteConfig(BaseModel):
     max_memory_mb: float | None = Field(None, gt=0)
     skip_bad: bool = False
     partition: SitePartition | None = None
+    split_seed: int | None = Field(None, ge=0)
+    state_dir: Path | None = None
+    gradcam_max_per_class: int = Field(2, ge=0, le=16)
+    gradcam_max_side: int = Field(32, ge=8, le=128)
 
 
 def validate_site_config(values: Mapping[str, Any], source: str) -> SiteConfig:
@@ -80,7 +89,11 @@ def load_site_config(path: Path) -> SiteConfig:
     except (OSError, ValueError, RuntimeError) as error:
         raise ConfigError(f"site config {path} is not readable TOML: {error}") from None
     site = validate_site_config(values, str(path))
-    return site.model_copy(update={"data": anchor_ref(site.data, path.resolve().parent)})
+    folder = path.resolve().parent
+    anchored: dict[str, Any] = {"data": anchor_ref(site.data, folder)}
+    if site.state_dir is not None:
+        anchored["state_dir"] = folder / site.state_dir.expanduser()
+    return site.model_copy(update=anchored)
 
 
 def _from_key_values(node_config: Mapping[str, Any]) -> SiteConfig:
@@ -107,10 +120,12 @@ def simulated_site(
     seed: int,
     **settings: Any,
 ) -> SiteConfig:
-    """The site a simulation node plays: one partition of the run's dataset; `settings` are
-    further SiteConfig fields (privacy, device, skip_bad) shared by every virtual clinic."""
+    """The site a simulation node plays: one partition of the run's dataset, split with the
+    run's seed (a researcher's virtual clinics share one experiment); `settings` are further
+    SiteConfig fields (privacy, device, skip_bad) shared by every virtual clinic."""
     return validate_site_config(
         {
+            "split_seed": seed,
             **settings,
             "name": f"site-{partition_id + 1}",
             "data": data,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from client.disclosure import split_seed
 from client.site_config import SiteConfig
 from hxr_model.data import RadiographDataset, load_splits, partition
 from hxr_model.errors import ConfigError
@@ -74,20 +75,22 @@ def _site_part(dataset: RadiographDataset, site: SiteConfig) -> RadiographDatase
     return dataset.subset(parts[spec.index])
 
 
-_CACHE: dict[tuple, SiteData] = {}
+_CACHE: dict[str, tuple[tuple[tuple[str, ...], int], SiteData]] = {}
 
 
-def load_site_data(
-    site: SiteConfig, class_names: Sequence[str], image_size: int, seed: int
-) -> SiteData:
-    """Decode and split once per process; simulated clients are asked every round."""
-    key = (site.model_dump_json(), tuple(class_names), image_size, seed)
-    if key not in _CACHE:
+def load_site_data(site: SiteConfig, class_names: Sequence[str], image_size: int) -> SiteData:
+    """Decode and split once per process (simulated clients are asked every round), with the
+    site's own split seed; one entry per site, replaced when a run asks for other classes or
+    another size, so what a coordinator sends cannot grow the cache."""
+    site_key = site.model_dump_json()
+    request = (tuple(class_names), image_size)
+    cached = _CACHE.get(site_key)
+    if cached is None or cached[0] != request:
         splits = load_splits(
             site.data,
             image_size,
             skip_bad=site.skip_bad,
-            seed=seed,
+            seed=split_seed(site),
             label_map=site.label_map or None,
         )
         mapping = label_mapping(site.name, splits.class_names, class_names)
@@ -95,10 +98,11 @@ def load_site_data(
         def federated(split: RadiographDataset) -> FederationLabels:
             return FederationLabels(_site_part(split, site), mapping, class_names)
 
-        _CACHE[key] = SiteData(
+        data = SiteData(
             train=federated(splits.train),
             val=federated(splits.val),
             test=None if splits.test is None else federated(splits.test),
             skipped=len(splits.skipped),
         )
-    return _CACHE[key]
+        _CACHE[site_key] = (request, data)
+    return _CACHE[site_key][1]

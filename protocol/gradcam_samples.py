@@ -2,8 +2,8 @@
 site's policy allows them), with their true and predicted classes.
 
 The coordinator checks a sample set like any other reply content before decoding it: at most
-`per_class` samples of each class, uint8 arrays of exactly the agreed side, labels that are
-federation classes.
+`per_class` samples of each class, square uint8 arrays no larger than the agreed side (a site
+may cap it lower), labels that are federation classes.
 """
 
 from __future__ import annotations
@@ -67,10 +67,14 @@ def parse_samples(
     if any(labels.count(label) > per_class for label in set(labels)):
         raise ValueError(f"more than {per_class} Grad-CAM samples of one class")
     record = content.array_records[GRADCAM_ARRAYS_KEY]
-    spec = ArraySpec(np.dtype(np.uint8), (count, side, side))
-    expected = {name: spec for name in (GRADCAM_HEATMAPS, GRADCAM_IMAGES) if name in record}
-    if GRADCAM_HEATMAPS not in expected:
+    if GRADCAM_HEATMAPS not in record:
         raise ValueError(f"Grad-CAM arrays without '{GRADCAM_HEATMAPS}'")
+    # A site may share smaller samples than the coordinator asked for (its own cap), not larger.
+    shape = tuple(record[GRADCAM_HEATMAPS].shape)
+    if len(shape) != 3 or shape[0] != count or shape[1] != shape[2] or not 1 <= shape[1] <= side:
+        raise ValueError(f"Grad-CAM heat maps must be {count} squares of at most {side} px")
+    spec = ArraySpec(np.dtype(np.uint8), shape)
+    expected = {name: spec for name in (GRADCAM_HEATMAPS, GRADCAM_IMAGES) if name in record}
     try:
         arrays = decode_checked(record, expected)
     except ArrayMismatch as error:

@@ -17,6 +17,8 @@ from hxr_model.errors import ConfigError
 from protocol.records import PROTOCOL_VERSION
 from protocol.schedule import Phase
 
+MAX_ROUNDS = 10_000
+
 
 def kebab(name: str) -> str:
     """Flower records and run configs spell keys in kebab-case; Python fields in snake_case."""
@@ -31,17 +33,19 @@ class RoundInstructions(BaseModel):
     )
 
     protocol_version: int = PROTOCOL_VERSION
-    server_round: int = Field(ge=1)
+    # Upper bounds keep a coordinator from asking a clinic's laptop for unbounded work.
+    server_round: int = Field(ge=1, le=MAX_ROUNDS)
+    num_server_rounds: int = Field(ge=1, le=MAX_ROUNDS)
     phase: Phase
     model: str
     image_size: int = Field(ge=16, le=1024)
-    class_names: list[str] = Field(min_length=2)
-    local_epochs: int = Field(ge=0)
-    learning_rate: float = Field(gt=0)
-    batch_size: int = Field(ge=2)
+    class_names: list[str] = Field(min_length=2, max_length=64)
+    local_epochs: int = Field(ge=0, le=100)
+    learning_rate: float = Field(gt=0, le=10)
+    batch_size: int = Field(ge=2, le=1024)
     seed: int
     temperature: float = Field(gt=0)
-    projection_dim: int = Field(ge=2)
+    projection_dim: int = Field(ge=2, le=2048)
     proximal_mu: float = Field(ge=0)
     gradcam_per_class: int = Field(ge=0, le=16)
     gradcam_size: int = Field(ge=8, le=128)

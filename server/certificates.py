@@ -32,6 +32,7 @@ from hxr_model.errors import ConfigError
 
 # Flower accepts NIST curves for SuperNode keys; its guide uses P-384.
 CURVE = ec.SECP384R1()
+CA_EXTRA_DAYS = 365
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 # RFC 1123 host names (labels of letters, digits and inner hyphens).
 HOST_PATTERN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
@@ -212,7 +213,9 @@ def generate_certificates(
             f"{existing[0]} already exists; refusing to replace keys "
             f"(use --force to make new ones, then re-register every clinic)"
         )
-    ca, ca_key = _certificate_authority(days)
+    # The CA outlives the certificates it signs, so renewing a SuperLink certificate near its
+    # end needs no new CA (which would mean new trust at every clinic).
+    ca, ca_key = _certificate_authority(days + CA_EXTRA_DAYS)
     superlink, superlink_key = _superlink_certificate(ca, ca_key, names, days)
     pem = serialization.Encoding.PEM
     _write(plan.ca_key, _pem_key(ca_key, serialization.PrivateFormat.PKCS8), PRIVATE_MODE)

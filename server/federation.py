@@ -199,6 +199,13 @@ def _resume_point(config: FederationConfig, store: RunStore) -> ResumeState | No
 def run_federation(grid: Grid, config: FederationConfig, run_id: int) -> Path:
     """Run (or continue) the configured rounds, then write the final model and reports."""
     store = RunStore(config.run_dir(run_id))
+    with store.locked():
+        _run(grid, config, store)
+    log(INFO, "Federated run finished: %s", store.run_dir)
+    return store.run_dir
+
+
+def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
     resumed = _resume_point(config, store)
     first_round = resumed.round if resumed else 0
     arrays = resumed.arrays if resumed else initial_state(config)
@@ -234,5 +241,3 @@ def run_federation(grid: Grid, config: FederationConfig, run_id: int) -> Path:
     )
     summary = write_summary(store, config, records)
     write_report(store, config, records, summary)
-    log(INFO, "Federated run finished: %s", store.run_dir)
-    return store.run_dir

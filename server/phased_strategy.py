@@ -38,8 +38,9 @@ from protocol.records import ARRAYS_KEY, METRICS_KEY
 from protocol.replies import TRAIN_METRICS, EvaluateMetrics, Metrics, ReplyRejected
 from protocol.schedule import Phase, phase_state
 from server.differential_privacy import clipping_bound
+from server.example_weights import capped_examples
 from server.optimiser_state import OptimiserState, optimiser_state, restore_optimiser_state
-from server.recalibration import recalibrate
+from server.recalibration import Pooling, recalibrate
 from server.reply_screening import ReplyScreen, Screened, rejection_reason
 from server.round_record import Incident, RoundRecord, Stage
 from server.run_config import FederationConfig
@@ -48,16 +49,28 @@ from server.strategy_factory import make_phase_strategies
 from server.update_validation import check_update
 
 NODE_WAIT_S = 1.0
+# Robust rules pool BatchNorm statistics robustly too, with equal weights.
+STATISTICS_POOLING: dict[str, Pooling] = {
+    "fedmedian": "median",
+    "krum": "median",
+    "fedtrimmedavg": "trimmed",
+}
 
 ArrayDict = dict[str, np.ndarray]
 # (round record, Grad-CAM samples per site, global weights, optimiser state) after each round.
 RoundHook = Callable[[RoundRecord, dict[str, GradcamSamples], ArrayDict, OptimiserState], None]
 
 
-def clean_reply(screened: Screened, arrays: ArrayDict | None = None) -> Message:
-    """What Flower's aggregation sees of an accepted reply: its checked metrics and arrays only,
-    rebuilt here, so nothing else a clinic put in its message reaches Flower's code."""
-    content = {METRICS_KEY: screened.metrics.to_record()}
+def clean_reply(
+    screened: Screened, arrays: ArrayDict | None = None, num_examples: int | None = None
+) -> Message:
+    """What Flower's aggregation sees of an accepted reply: its checked metrics (weighed by
+    `num_examples` where given) and arrays only, rebuilt here, so nothing else a clinic put in
+    its message reaches Flower's code."""
+    metrics = screened.metrics
+    if num_examples is not None:
+        metrics = metrics.model_copy(update={"num_examples": num_examples})
+    content = {METRICS_KEY: metrics.to_record()}
     if arrays is not None:
         content[ARRAYS_KEY] = to_record(arrays)
     return Message(
@@ -139,25 +152,31 @@ class PhasedStrategy(Strategy):
         if list(arrays) != [ARRAYS_KEY]:
             raise ReplyRejected(f"expected one weight record '{ARRAYS_KEY}'")
         update = decode_checked(arrays[ARRAYS_KEY], specs_of(self.sent))
-        check_update(update, self.sent, self.config.max_update_ratio, clipping_bound(self.config))
+        config = self.config
+        ratio = check_update(update, self.sent, config.max_update_ratio, clipping_bound(config))
+        self.record.update_ratios[screened.site] = ratio
         return update
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         current, phase = self._round(server_round)
-        accepted: list[Screened] = []
-        clean: list[Message] = []
+        accepted: list[tuple[Screened, ArrayDict]] = []
         for screened in self.screen.screen(replies, "train", TRAIN_METRICS[phase]):
             try:
-                update = self._checked_update(screened)
+                accepted.append((screened, self._checked_update(screened)))
             except Exception as error:
                 self._note("rejected", "train", screened.site, rejection_reason(error))
                 continue
             self.record.train.sites[screened.site] = _as_record(screened.metrics)
-            accepted.append(screened)
-            clean.append(clean_reply(screened, update))
-        self.trained_nodes = [screened.node for screened in accepted]
+        weights = capped_examples(
+            {screened.site: screened.metrics.num_examples for screened, _ in accepted},
+            self.config.max_examples,
+            self.config.examples_cap_factor,
+        )
+        self.record.weighted_examples = weights
+        clean = [clean_reply(s, update, weights[s.site]) for s, update in accepted]
+        self.trained_nodes = [screened.node for screened, _ in accepted]
         aggregated, metrics = self.inner[phase].aggregate_train(current, clean)
         if metrics is not None:
             self.record.train.aggregate = dict(metrics)
@@ -188,6 +207,8 @@ class PhasedStrategy(Strategy):
                 self.config.round_timeout,
                 self.config.max_update_ratio,
                 self.record.statistics.append,
+                STATISTICS_POOLING.get(self.config.strategy, "weighted"),
+                self.config.trim_fraction,
             )
             self.global_state = {**self.global_state, **pooled}
         classifier = phase_state(self.global_state, "finetune")

@@ -97,6 +97,11 @@ class ReplyScreen:
             raise ReplyRejected(
                 f"claims to be site '{claimed}' but its SuperNode is registered as '{registered}'"
             )
+        if registered is None and claimed in self.registered_names.values():
+            raise ReplyRejected(
+                f"claims to be site '{claimed}', registered for another SuperNode, "
+                f"from a SuperNode registered under no name"
+            )
         if claimed is None or claimed in taken:
             raise ReplyRejected("missing, invalid or duplicate site name")
         self.site_of_node[node] = claimed

@@ -61,6 +61,10 @@ class RoundRecord(BaseModel):
     gradcam: dict[str, list[GallerySample]] = Field(default_factory=dict)
     # Sites whose BatchNorm statistics of the aggregated weights were pooled this round.
     statistics: list[str] = Field(default_factory=list)
+    # Per accepted site: ||update - global|| / ||global|| over its learned weights, and the image
+    # count its update was weighed by (its report, capped: `server.example_weights`).
+    update_ratios: dict[str, float] = Field(default_factory=dict)
+    weighted_examples: dict[str, int] = Field(default_factory=dict)
     # SHA-256 of the global weights at the round's start and end (`weights_digest`).
     weights_sha256: dict[Literal["start", "end"], str] = Field(default_factory=dict)
     seconds: float = 0.0

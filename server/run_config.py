@@ -16,12 +16,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hxr_model.data.label_map import parse_label_map
 from hxr_model.errors import ConfigError, describe_validation_error
 from hxr_model.models import check_model_name
-from protocol.instructions import RoundInstructions, kebab
+from protocol.instructions import MAX_ROUNDS, RoundInstructions, kebab
 from protocol.schedule import Phase
 
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+# Rules that bound what a minority of clinics can do to the model, whatever they report; under
+# them BatchNorm statistics are pooled robustly too (`server.recalibration`).
+ROBUST_STRATEGIES = frozenset({"fedmedian", "fedtrimmedavg", "krum"})
 
 # Run-config keys a simulation fills in itself rather than taking from the settings: written
 # once here, so the test comparing `hxr simulate` with `flwr run` knows the difference.
@@ -38,7 +42,7 @@ class FederationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", alias_generator=kebab, populate_by_name=True)
 
-    num_server_rounds: int = Field(10, ge=1, le=10_000, description="rounds in total")
+    num_server_rounds: int = Field(10, ge=1, le=MAX_ROUNDS, description="rounds in total")
     prewarm_rounds: int = Field(
         2, ge=0, description="the first rounds pre-warm the encoder (SimCLR)"
     )
@@ -55,10 +59,20 @@ class FederationSettings(BaseModel):
     strategy: StrategyName = Field("fedavg", description="aggregation rule")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx's proximal term (fedprox)")
     server_learning_rate: float = Field(0.01, gt=0, description="FedAdam's eta (fedadam)")
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="share cut from each end per coordinate (fedtrimmedavg)"
+    )
+    assumed_malicious: int = Field(1, ge=0, description="clinics Krum assumes hostile (krum)")
+    examples_cap_factor: float = Field(
+        4.0,
+        ge=1,
+        description="a clinic weighs at most this many times the round's median example count",
+    )
     temperature: float = Field(0.2, gt=0, description="SimCLR's NT-Xent temperature")
     projection_dim: int = Field(64, ge=2, description="SimCLR projection head width")
+    # 3x the largest honest ratio measured (0.64: docs/benchmarks.md, honest update ratios).
     max_update_ratio: float = Field(
-        10.0, gt=0, description="reject a site if ||update - global|| > ratio x ||global||"
+        2.0, gt=0, description="reject a site if ||update - global|| > ratio x ||global||"
     )
     recalibrate_statistics: bool = Field(
         True, description="re-estimate BatchNorm statistics of each aggregate at the sites"
@@ -134,6 +148,19 @@ class FederationConfig(FederationSettings):
     # Where results go; empty means `runs/<Flower run id>`. Resuming needs the same directory.
     out_dir: str = ""
     resume: bool = False
+    # The most images each registered clinic may be weighed by ("north=1200,south=800"): what a
+    # coordinator knows of its consortium, which no clinic's own report can raise.
+    max_examples: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("max_examples", mode="before")
+    @classmethod
+    def _parse_caps(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return {site: int(count) for site, count in parse_label_map(value).items()}
+            except ValueError:
+                raise ValueError(f"expected SITE=COUNT pairs, got {value!r}") from None
+        return value
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -167,6 +194,7 @@ class FederationConfig(FederationSettings):
         prewarm = phase == "prewarm"
         return RoundInstructions(
             server_round=current,
+            num_server_rounds=self.num_server_rounds,
             phase=phase,
             model=self.model,
             image_size=self.image_size,

@@ -17,6 +17,7 @@ that had not been committed are dropped on resume, so no round is lost or repeat
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import math
 import pickle
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,11 @@ import numpy as np
 import torch
 
 from hxr_model.atomic_files import write_atomic, write_text_atomic
-from hxr_model.errors import CheckpointError
+from hxr_model.errors import CheckpointError, ConfigError
 from server.round_record import RoundRecord
 
 STATE_FORMAT = "hybridnet-xr-federation-state"
+LOCK_NAME = ".lock"
 STATE_VERSION = 1
 
 ArrayDict = dict[str, np.ndarray]
@@ -105,6 +108,23 @@ class RunStore:
         self.gradcam_dir = self.run_dir / "gradcam"
         self.checkpoints_dir = self.run_dir / "checkpoints"
         self.state_path = self.checkpoints_dir / "server_state.pt"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run folder for one run: a second run writing the same folder would
+        interleave rounds and corrupt the resume state."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / LOCK_NAME, "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"{self.run_dir} is in use by another run; wait for it or pick another out-dir"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def round_checkpoint(self, server_round: int) -> Path:
         return self.checkpoints_dir / f"round-{server_round:03d}.pt"

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
 
 from protocol.records import ARRAYS_KEY, CONFIG_KEY, WEIGHT_KEY
 from protocol.schedule import PHASES, Phase
@@ -39,6 +47,10 @@ def make_flower_strategy(config: FederationConfig) -> FedAvg:
         return FedAdam(**common, eta=config.server_learning_rate, eta_l=config.learning_rate)
     if config.strategy == "fedmedian":
         return FedMedian(**common)
+    if config.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=config.trim_fraction)
+    if config.strategy == "krum":
+        return Krum(**common, num_malicious_nodes=config.assumed_malicious)
     return FedAvg(**common)
 
 

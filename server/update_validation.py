@@ -19,7 +19,6 @@ import numpy as np
 from protocol.replies import ReplyRejected
 from protocol.schedule import VAR_SUFFIX, is_statistic
 
-DEFAULT_MAX_UPDATE_RATIO = 10.0
 STATISTICS_RATIO_FACTOR = 100.0
 CLIPPING_RELATIVE_TOLERANCE = 1e-5
 
@@ -35,10 +34,11 @@ def _norm(arrays: Mapping[str, np.ndarray]) -> float:
 def check_update(
     update: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
-    max_update_ratio: float = DEFAULT_MAX_UPDATE_RATIO,
+    max_update_ratio: float,
     clipping_norm: float | None = None,
-) -> None:
-    """Raise UpdateRejected unless `update` (names and shapes as `reference`) stays near it.
+) -> float:
+    """Raise UpdateRejected unless `update` (names and shapes as `reference`) stays near it;
+    return how far its learned weights moved, relative to their norm (0 when it has none).
 
     Near means ||update - reference|| <= max_update_ratio * ||reference|| over the learned
     weights (a real local round moves them by a fraction of their size, a scaled or random update
@@ -54,14 +54,16 @@ def check_update(
         if name.endswith(VAR_SUFFIX) and np.any(array < 0):
             raise UpdateRejected(f"'{name}' holds negative variances")
     statistics = {name for name in reference if is_statistic(name)}
+    moved = {}
     for names, ratio, kind in (
         (set(reference) - statistics, max_update_ratio, "weight"),
         (statistics, max_update_ratio * STATISTICS_RATIO_FACTOR, "BatchNorm statistics"),
     ):
         if names:
-            _check_distance(update, reference, sorted(names), ratio, kind)
+            moved[kind] = _check_distance(update, reference, sorted(names), ratio, kind)
     if clipping_norm is not None:
         _check_clipped(update, reference, clipping_norm)
+    return moved.get("weight", 0.0)
 
 
 def _check_distance(
@@ -70,13 +72,15 @@ def _check_distance(
     names: Sequence[str],
     ratio: float,
     kind: str,
-) -> None:
+) -> float:
+    """||update - reference|| / ||reference|| over `names`, refused above `ratio`."""
     distance = _norm({name: update[name].astype(np.float64) - reference[name] for name in names})
-    scale = _norm({name: reference[name] for name in names})
-    if distance > ratio * max(scale, 1e-12):
+    scale = max(_norm({name: reference[name] for name in names}), 1e-12)
+    if distance > ratio * scale:
         raise UpdateRejected(
             f"{kind} update norm {distance:.3g} exceeds {ratio:g} x global norm {scale:.3g}"
         )
+    return distance / scale
 
 
 def _check_clipped(

@@ -100,7 +100,7 @@ def compare_baselines(
     clinics = simulated_sites(settings)
     for index in range(settings.sites):
         site = clinics.site(index, settings.sites)
-        sites[site.name] = load_site_data(site, class_names, settings.image_size, settings.seed)
+        sites[site.name] = load_site_data(site, class_names, settings.image_size)
     identity = np.arange(len(class_names))
     pooled_train = FederationLabels(splits.train, identity, class_names)
     pooled_val = FederationLabels(splits.val, identity, class_names)

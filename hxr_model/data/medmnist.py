@@ -26,7 +26,21 @@ DOWNLOAD_TIMEOUT_S = 10
 KNOWN_CLASS_NAMES = {"pneumoniamnist": ("normal", "pneumonia")}
 # Class names are made for 0..max label; a stray huge label must not make a billion of them.
 MAX_CLASSES = 1000
+# The largest official MedMNIST array (224 px images of the biggest set) is about 10 GiB.
+MAX_MEMBER_BYTES = 16 * 2**30
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _check_member_sizes(path: Path) -> None:
+    """Refuse members that would inflate past MAX_MEMBER_BYTES before numpy decompresses them:
+    a few kilobytes of zip can declare gigabytes."""
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.file_size > MAX_MEMBER_BYTES:
+                raise DataError(
+                    f"medmnist:{path}: member {member.filename} would inflate to "
+                    f"{member.file_size / 2**30:.1f} GiB (limit {MAX_MEMBER_BYTES / 2**30:g} GiB)"
+                )
 
 
 def list_medmnist(path: Path) -> Catalog:
@@ -37,6 +51,7 @@ def list_medmnist(path: Path) -> Catalog:
         raise DataError(
             f"medmnist:{path}: not a .npz archive (corrupt, truncated or another format)"
         )
+    _check_member_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

@@ -68,7 +68,7 @@ def test_a_site_skipping_broken_files_trains_and_counts_them(
     # Without skip_bad the same folder is refused, naming the files: they really are broken.
     strict = load_site_config(site).model_copy(update={"skip_bad": False})
     with pytest.raises(DataError, match=f"{broken} bad file"):
-        load_site_data(strict, CLASSES, SIDE, 0)
+        load_site_data(strict, CLASSES, SIDE)
 
     prewarm = send_to_site(site, round_content("prewarm"), "train")
     finetune = send_to_site(site, round_content("finetune"), "train")

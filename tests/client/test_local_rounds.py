@@ -37,7 +37,7 @@ def site(index: int = 0, **settings):
 
 
 def data_of(site_config):
-    return load_site_data(site_config, CLASSES, 32, 0)
+    return load_site_data(site_config, CLASSES, 32)
 
 
 def test_prewarm_trains_and_returns_only_encoder_and_projection(global_state) -> None:

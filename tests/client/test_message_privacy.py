@@ -327,7 +327,7 @@ def test_a_failing_site_reports_the_kind_of_error_and_nothing_else(
     )
     # The details exist at the site, so it is the ClientApp that keeps them there.
     with pytest.raises(DataError, match=BROKEN):
-        load_site_data(load_site_config(site_file), CLASSES, INPUT_SIDE, 0)
+        load_site_data(load_site_config(site_file), CLASSES, INPUT_SIDE)
     with pytest.raises(ConfigError, match=missing_file.name):
         load_site_config(missing_file)
     for site, secret in ((site_file, BROKEN), (missing_file, missing_file.name)):

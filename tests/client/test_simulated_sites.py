@@ -9,7 +9,7 @@ CLASSES = list(PHANTOM_CLASSES)
 
 
 def site_labels(sites: SimulatedSites, index: int) -> np.ndarray:
-    return load_site_data(sites.site(index, 2), CLASSES, 32, 0).train.labels
+    return load_site_data(sites.site(index, 2), CLASSES, 32).train.labels
 
 
 def test_a_clinic_label_map_replaces_the_common_one_at_that_clinic_only() -> None:

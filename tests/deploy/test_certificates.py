@@ -47,6 +47,13 @@ def test_superlink_certificate_is_signed_by_the_ca_for_given_and_local_names(
     assert not superlink.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
+def test_the_ca_outlives_the_certificate_it_signs(made: ConsortiumCertificates) -> None:
+    """A SuperLink certificate can be renewed under the same CA before either expires."""
+    ca, superlink = _load(made.ca_certificate), _load(made.superlink_certificate)
+    margin = ca.not_valid_after_utc - superlink.not_valid_after_utc
+    assert margin.days >= 364
+
+
 def test_private_keys_are_readable_by_the_owner_only(made: ConsortiumCertificates) -> None:
     for path in made.private_files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -114,6 +114,15 @@ def test_superexec_verifies_the_superlink_and_keeps_the_results(
     assert volumes[f"{WORKDIR}/runs"] == ("./runs", False)
 
 
+def test_the_coordinators_processes_have_a_memory_bound(services: dict[str, Any]) -> None:
+    """What a hostile reply can make Flower allocate is bounded by the container, not the host;
+    swap may not extend the bound."""
+    for name in ("superexec", "superlink"):
+        service = services[name]
+        assert service["mem_limit"].endswith("4g}")
+        assert service["memswap_limit"] == service["mem_limit"]
+
+
 def test_each_clinic_has_its_own_key_site_config_and_read_only_data(
     services: dict[str, Any],
 ) -> None:

@@ -1,3 +1,4 @@
+import os
 import stat
 from pathlib import Path
 
@@ -41,3 +42,22 @@ def test_a_new_mode_replaces_the_old_file_s_mode(tmp_path: Path) -> None:
     write_text_atomic(target, "old", mode=0o644)
     write_text_atomic(target, "new", mode=0o600)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600 and target.read_text() == "new"
+
+
+def test_the_folder_is_synced_after_the_rename(tmp_path: Path, monkeypatch) -> None:
+    """Without the folder sync a power cut can lose the new name even though the data is on disk."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append("folder" if os.path.isdir(f"/proc/self/fd/{descriptor}") else "file")
+        real_fsync(descriptor)
+
+    def replace(source, target) -> None:
+        events.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_text_atomic(tmp_path / "rounds.jsonl", "{}\n")
+    assert events == ["file", "rename", "folder"]

@@ -5,6 +5,7 @@ import pytest
 
 from server.update_validation import UpdateRejected, check_update
 
+RATIO = 10.0  # the bound these cases are written for
 GLOBAL = {
     "encoder.weight": np.full((2, 3), 0.5, dtype=np.float32),
     "head.bias": np.array([1.0, -1.0], dtype=np.float32),
@@ -16,7 +17,7 @@ def updated(**changes: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_an_ordinary_update_is_accepted() -> None:
-    check_update(updated(), GLOBAL)
+    check_update(updated(), GLOBAL, RATIO)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ def test_an_ordinary_update_is_accepted() -> None:
 )
 def test_broken_or_hostile_updates_are_rejected_with_a_reason(update, reason: str) -> None:
     with pytest.raises(UpdateRejected) as error:
-        check_update(update, GLOBAL)
+        check_update(update, GLOBAL, RATIO)
     assert reason in str(error.value)
 
 
@@ -47,10 +48,10 @@ STATISTICS = GLOBAL | {"encoder.bn.running_var": np.ones(4, np.float32)}
 
 def test_batchnorm_statistics_may_move_far_but_not_arbitrarily() -> None:
     moved = updated(**{"encoder.bn.running_var": np.full(4, 14.0, np.float32)})  # 13x its norm
-    check_update(moved, STATISTICS)
+    check_update(moved, STATISTICS, RATIO)
     blown = updated(**{"encoder.bn.running_var": np.full(4, 1e6, np.float32)})
     with pytest.raises(UpdateRejected, match="BatchNorm statistics update norm"):
-        check_update(blown, STATISTICS)
+        check_update(blown, STATISTICS, RATIO)
     negative = updated(**{"encoder.bn.running_var": np.full(4, -1.0, np.float32)})
     with pytest.raises(UpdateRejected, match="negative variances"):
-        check_update(negative, STATISTICS)
+        check_update(negative, STATISTICS, RATIO)

@@ -35,6 +35,6 @@ def test_centralized_and_local_baselines_are_scored_on_each_clinics_split(tmp_pa
         assert set(table) == {"site-1", "site-2", ALL_SITES}
         for index, name in enumerate(("site-1", "site-2")):
             site = simulated_site(index, 2, settings.data, settings.partition, settings.seed)
-            expected = len(load_site_data(site, splits.class_names, 32, 0).evaluation)
+            expected = len(load_site_data(site, splits.class_names, 32).evaluation)
             assert table[name]["num-examples"] == expected
             assert 0.0 <= table[name]["accuracy"] <= 1.0

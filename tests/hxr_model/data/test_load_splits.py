@@ -184,6 +184,17 @@ def test_medmnist_without_val_carves_it_from_train(tmp_path: Path) -> None:
     np.testing.assert_array_equal(splits.test.image_array(index), original)
 
 
+def test_medmnist_members_that_would_inflate_past_the_limit_are_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_npz(tmp_path / "big.npz", train=mnist_like(100, 1), val=mnist_like(9, 2))
+    load_splits(f"medmnist:{path}", 28)  # within the limit
+    monkeypatch.setattr(medmnist_module, "MAX_MEMBER_BYTES", 28 * 28 * 50)
+    monkeypatch.setattr(np, "load", lambda *args, **kwargs: pytest.fail("decompressed"))
+    with pytest.raises(DataError, match=r"member train_images.npy would inflate to"):
+        load_splits(f"medmnist:{path}", 28)
+
+
 def test_medmnist_train_val_only_has_no_test_and_resizes(tmp_path: Path) -> None:
     path = write_npz(tmp_path / "other.npz", train=mnist_like(30, 1, 3), val=mnist_like(9, 2, 3))
     splits = load_splits(f"medmnist:{path}", 32)
