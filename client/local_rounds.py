@@ -76,10 +76,14 @@ def _loop_settings(instructions: RoundInstructions, site: SiteConfig) -> dict[st
         "epochs": instructions.local_epochs,
         "batch_size": instructions.batch_size,
         "learning_rate": instructions.learning_rate,
+        "optimizer": instructions.optimizer,
         "seed": instructions.site_seed(site.name),
         "device": site.device,
         "max_memory_mb": site.max_memory_mb,
         "progress": False,
+        # The server lowers the rate from round to round; a schedule restarting in every round
+        # would undo that.
+        "schedule": "constant",
     }
 
 

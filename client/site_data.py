@@ -92,6 +92,8 @@ def load_site_data(site: SiteConfig, class_names: Sequence[str], image_size: int
             skip_bad=site.skip_bad,
             seed=split_seed(site),
             label_map=site.label_map or None,
+            # A simulated clinic is part of a study whose pooled test split must exist.
+            carve_missing_test=site.partition is not None,
         )
         mapping = label_mapping(site.name, splits.class_names, class_names)
 

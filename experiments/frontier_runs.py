@@ -131,7 +131,7 @@ def run_federated(dataset_name: str, settings: FrontierSettings) -> list[dict[st
 
     Imported here: the centralized frontier needs neither Flower nor Ray.
     """
-    from simulations.baselines import ALL_SITES, add_baselines
+    from simulations.baselines import add_comparison
     from simulations.federation import SimulationSettings, simulate
 
     dataset = SHARED_DATASETS[dataset_name]
@@ -153,27 +153,30 @@ def run_federated(dataset_name: str, settings: FrontierSettings) -> list[dict[st
     run_dir = simulation.out
     if not (run_dir / "summary.json").is_file():
         simulate(simulation)
-    if "baselines" not in json.loads((run_dir / "summary.json").read_text()):
-        add_baselines(simulation, run_dir)
+    if "comparison" not in json.loads((run_dir / "summary.json").read_text()):
+        add_comparison(simulation, run_dir, centralized=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     site_peak = max(row["peak_memory_mb"] for row in summary["resources"].values())
-    rows = []
-    for setting, table in summary["baselines"].items():
-        scores = table[ALL_SITES]
-        rows.append(
-            {
-                "setting": setting if setting != CENTRALIZED else "centralized, same budget",
-                "model": FEDERATED_MODEL,
-                "variant": "prewarmed",
-                "accuracy": scores["accuracy"],
-                "balanced_accuracy": scores["balanced-accuracy"],
-                "auc": scores["auc"],
-                # Only the federation's clients report their memory.
-                "peak_memory_mb": site_peak if setting == "federated" else None,
-                "seconds": None,
-                "val_images": sum(site["num-examples"] for site in summary["sites"].values()),
-                "skipped_files": 0,
-                "run_dir": str(run_dir),
-            }
-        )
-    return rows
+    pooled = summary["comparison"]["pooled_test"]
+    settings_scores = {
+        "federated": pooled["federated"],
+        "centralized, same budget": pooled["centralized"],
+        "local-only (mean)": pooled["local-only summary"]["mean"],
+    }
+    return [
+        {
+            "setting": setting,
+            "model": FEDERATED_MODEL,
+            "variant": "prewarmed",
+            "accuracy": scores["accuracy"],
+            "balanced_accuracy": scores["balanced-accuracy"],
+            "auc": scores.get("auc"),
+            # Only the federation's clients report their memory.
+            "peak_memory_mb": site_peak if setting == "federated" else None,
+            "seconds": None,
+            "val_images": pooled["num-examples"],
+            "skipped_files": 0,
+            "run_dir": str(run_dir),
+        }
+        for setting, scores in settings_scores.items()
+    ]

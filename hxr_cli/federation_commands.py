@@ -108,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--baselines",
         action="store_true",
-        help="also train a centralized model and each clinic alone, and compare",
+        help="also train one centralized model on all clinics' images (same budget) and compare",
     )
     parser.set_defaults(handler=run_simulate)
 
@@ -127,7 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from simulations.baselines import ALL_SITES, add_baselines
+    from simulations.baselines import add_comparison
     from simulations.federation import simulate
 
     settings = settings_from_args(args)
@@ -140,31 +140,58 @@ def run_simulate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
-    if args.baselines:
-        add_baselines(settings, run_dir)
+    verdict = _final_round_verdict(run_dir)
+    if verdict == 0 and (settings.local_baselines or args.baselines):
+        add_comparison(settings, run_dir, centralized=args.baselines)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     print(f"federated model: {run_dir / 'global_model.pt'}")
-    print(f"report:          {run_dir / 'report.html'}")
-    federated = summary.get("federated", {})
-    if federated:
-        print(
-            f"federated model on all clinics' test splits: accuracy "
-            f"{_percent(federated.get('accuracy'))}, balanced accuracy "
-            f"{_percent(federated.get('balanced-accuracy'))}"
-        )
     privacy = summary.get("differential_privacy")
     if privacy:
         print(
             f"differential privacy: epsilon {privacy['epsilon']:.3g} at delta "
             f"{privacy['delta']:g} per clinic over {privacy['rounds']} round(s)"
         )
-    for name, table in summary.get("baselines", {}).items():
-        overall = table.get(ALL_SITES, {})
-        print(
-            f"{name:>11}: accuracy {_percent(overall.get('accuracy'))}, balanced accuracy "
-            f"{_percent(overall.get('balanced-accuracy'))} (mean over clinics)"
+    for line in outcome_lines(summary):
+        print(line)
+    print(f"report: {run_dir / 'report.html'} (open it in a browser: it is one offline file)")
+    return verdict
+
+
+def outcome_lines(summary: dict) -> list[str]:
+    """The run's outcome as a clinic would ask for it: the federated model against what each
+    clinic could train alone, on the pooled test split, then the clinic it serves worst."""
+    lines = []
+    pooled = summary.get("comparison", {}).get("pooled_test")
+    if pooled:
+        local = pooled["local-only summary"]
+        lines.append(
+            f"federated model on the pooled test split ({pooled['num-examples']} images): "
+            f"accuracy {_percent(pooled['federated']['accuracy'])}, balanced accuracy "
+            f"{_percent(pooled['federated']['balanced-accuracy'])}"
         )
-    return _final_round_verdict(run_dir)
+        lines.append(
+            f"clinics alone on the same split: best {_percent(local['best']['accuracy'])} "
+            f"({local['best']['site']}), mean {_percent(local['mean']['accuracy'])}"
+        )
+        if "centralized" in pooled:
+            lines.append(
+                f"one centralized model (same budget): "
+                f"{_percent(pooled['centralized']['accuracy'])}"
+            )
+    elif summary.get("federated"):
+        lines.append(
+            f"federated model on all clinics' test shares: accuracy "
+            f"{_percent(summary['federated'].get('accuracy'))}"
+        )
+    worst = summary.get("worst_clinic")
+    if worst:
+        flag = "WARNING: served far worse than the others; " if worst["flagged"] else ""
+        lines.append(
+            f"{flag}worst clinic: {worst['site']}, accuracy {_percent(worst['accuracy'])} on "
+            f"its own test share, lowest class recall {_percent(worst['lowest_recall'])} "
+            f"({worst['lowest_recall_class']})"
+        )
+    return lines
 
 
 def _final_round_verdict(run_dir: Path) -> int:

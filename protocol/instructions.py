@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,6 +42,7 @@ class RoundInstructions(BaseModel):
     class_names: list[str] = Field(min_length=2, max_length=64)
     local_epochs: int = Field(ge=0, le=100)
     learning_rate: float = Field(gt=0, le=10)
+    optimizer: Literal["adamw", "sgd"]
     batch_size: int = Field(ge=2, le=1024)
     seed: int
     temperature: float = Field(gt=0)

@@ -36,11 +36,11 @@ from protocol.arrays import decode_checked, from_record, specs_of, to_record
 from protocol.gradcam_samples import GradcamSamples, parse_samples
 from protocol.records import ARRAYS_KEY, METRICS_KEY
 from protocol.replies import TRAIN_METRICS, EvaluateMetrics, Metrics, ReplyRejected
-from protocol.schedule import Phase, phase_state
+from protocol.schedule import Phase, is_statistic, phase_state
 from server.differential_privacy import clipping_bound
 from server.example_weights import capped_examples
 from server.optimiser_state import OptimiserState, optimiser_state, restore_optimiser_state
-from server.recalibration import Pooling, recalibrate
+from server.recalibration import Pooling, pool_statistics, recalibrate
 from server.reply_screening import ReplyScreen, Screened, rejection_reason
 from server.round_record import Incident, RoundRecord, Stage
 from server.run_config import FederationConfig
@@ -49,6 +49,8 @@ from server.strategy_factory import make_phase_strategies
 from server.update_validation import check_update
 
 NODE_WAIT_S = 1.0
+# Rules with a server optimiser, whose step must not touch BatchNorm statistics.
+SERVER_OPTIMISERS = frozenset({"fedavgm", "fedadam", "fedyogi"})
 # Robust rules pool BatchNorm statistics robustly too, with equal weights.
 STATISTICS_POOLING: dict[str, Pooling] = {
     "fedmedian": "median",
@@ -59,6 +61,19 @@ STATISTICS_POOLING: dict[str, Pooling] = {
 ArrayDict = dict[str, np.ndarray]
 # (round record, Grad-CAM samples per site, global weights, optimiser state) after each round.
 RoundHook = Callable[[RoundRecord, dict[str, GradcamSamples], ArrayDict, OptimiserState], None]
+
+
+def pooled_statistics_of_updates(
+    accepted: list[tuple[Screened, ArrayDict]], weights: dict[str, int]
+) -> ArrayDict:
+    """The accepted updates' BatchNorm statistics, pooled. Server optimisers (momentum, Adam)
+    act on learned weights; statistics are measurements of images, to be pooled, never given
+    momentum or an adaptive step."""
+    measured = [
+        ({n: a for n, a in update.items() if is_statistic(n)}, weights[screened.site])
+        for screened, update in accepted
+    ]
+    return pool_statistics(measured) if measured and measured[0][0] else {}
 
 
 def clean_reply(
@@ -142,6 +157,9 @@ class PhasedStrategy(Strategy):
         self.global_state = self.global_state or from_record(arrays)
         self.record.weights_sha256["start"] = weights_digest(self.global_state)
         self.sent = phase_state(self.global_state, phase)
+        if hasattr(self.inner[phase], "current_arrays"):
+            # FedAvgM steps from the weights it last sent; the recalibrated statistics are ours.
+            self.inner[phase].current_arrays = to_record(self.sent)
         messages = self.inner[phase].configure_train(
             current, to_record(self.sent), self._instructions(current, phase), grid
         )
@@ -185,6 +203,8 @@ class PhasedStrategy(Strategy):
         merged = dict(self.global_state)
         for name, array in from_record(aggregated).items():
             merged[name] = array.astype(self.global_state[name].dtype)
+        if self.config.strategy in SERVER_OPTIMISERS:
+            merged |= pooled_statistics_of_updates(accepted, weights)
         self.global_state = merged
         return to_record(merged), metrics
 

@@ -120,6 +120,45 @@ def _confusion_plot(record: RoundRecord, class_names: Sequence[str]) -> str | No
     return _png(figure)
 
 
+def _cross_site_plot(cross_site: Mapping[str, Any]) -> str:
+    """Accuracy of every model (rows) on every clinic's test share (columns), as a heat map."""
+    shares, models = cross_site["shares"], cross_site["models"]
+    matrix = np.array(
+        [[np.nan if (v := models[m][s]["accuracy"]) is None else v for s in shares] for m in models]
+    )
+    figure = Figure(figsize=(1.2 * len(shares) + 3, 0.5 * len(models) + 1.5), layout="constrained")
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(matrix):
+        axes.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                  color="white" if value < 0.6 else "black", fontsize=8)  # fmt: skip
+    axes.set_xticks(range(len(shares)), [f"{s} test" for s in shares], rotation=30, fontsize=8)
+    axes.set_yticks(range(len(models)), list(models), fontsize=8)
+    figure.colorbar(image, ax=axes, label="accuracy")
+    return _png(figure)
+
+
+def _comparison(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The lead table: every model on the pooled test split, and the cross-site heat map."""
+    if not comparison:
+        return None
+    pooled = comparison["pooled_test"]
+    summary = pooled["local-only summary"]
+    rows = [_evaluation_row("federated", pooled["federated"])]
+    if "centralized" in pooled:
+        rows.append(_evaluation_row("centralized (same budget)", pooled["centralized"]))
+    rows.append(_evaluation_row(f"best clinic alone ({summary['best']['site']})", summary["best"]))
+    rows.append(_evaluation_row("mean of the clinics alone", summary["mean"]))
+    rows += [
+        _evaluation_row(f"{site} alone", scores) for site, scores in pooled["local-only"].items()
+    ]
+    return {
+        "images": pooled["num-examples"],
+        "rows": rows,
+        "cross_site_png": _cross_site_plot(comparison["cross_site"]),
+    }
+
+
 def _resource_plot(resources: Mapping[str, Mapping[str, Any]]) -> str:
     sites = sorted(resources)
     figure = Figure(figsize=(10, 3.2), layout="constrained")
@@ -202,10 +241,8 @@ def write_report(
             ],
             "confusion_png": _confusion_plot(final, config.classes),
         },
-        baselines=[
-            {"name": name, "rows": [_evaluation_row(row, table[row]) for row in sorted(table)]}
-            for name, table in (summary.get("baselines") or {}).items()
-        ],
+        comparison=_comparison(summary.get("comparison")),
+        worst=summary.get("worst_clinic"),
         metrics_png=_metric_plot(records, config.prewarm_rounds),
         resources=[
             [

@@ -28,6 +28,7 @@ REPORT_TEMPLATE = """\
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}
 th{background:#f3f3f3}img.plot{max-width:100%}.gallery{display:flex;flex-wrap:wrap;gap:8px}
+p.flag{background:#fdecea;border-left:4px solid #c0392b;padding:6px 10px}
 figure{margin:0;width:110px;text-align:center;font-size:10px;overflow-wrap:anywhere}img.gradcam{width:96px;height:96px}
 </style>
 </head>
@@ -45,14 +46,28 @@ share.</p>
 {% else %}
 <p>Differential privacy: off.</p>
 {% endif %}
+{% if comparison %}
+<h2>Federated model against each clinic alone, on the pooled test split
+({{ comparison.images }} images)</h2>
+<p>The pooled test split was held out of every clinic's data before partitioning and never
+trained or tuned on; every model had the same passes over each image.</p>
+{{ table(["model"] + evaluation_keys | list, comparison.rows) }}
+{% endif %}
+{% if worst %}
+<p{% if worst.flagged %} class="flag"{% endif %}>{% if worst.flagged %}<strong>Flagged:</strong>
+the global model serves this clinic far worse than the others. {% endif %}Worst clinic:
+<strong>{{ worst.site }}</strong>, accuracy {{ worst.accuracy | fmt }} on its own test share;
+lowest recall of a class it holds: {{ worst.lowest_recall | fmt }}
+({{ worst.lowest_recall_class }}).</p>
+{% endif %}
 {% if final %}
-<h2>Global model on each site's test split (round {{ final.round }})</h2>
+<h2>Global model on each site's test share (round {{ final.round }})</h2>
 {{ table(["site"] + evaluation_keys | list, final.rows) }}
 {% endif %}
-{% for baseline in baselines %}
-<h2>Baseline: {{ baseline.name }}</h2>
-{{ table(["model"] + evaluation_keys | list, baseline.rows) }}
-{% endfor %}
+{% if comparison %}
+<h2>Cross-site matrix: every model on every clinic's test share</h2>
+{{ png(comparison.cross_site_png, "accuracy of every model on every clinic's test share") }}
+{% endif %}
 <h2>Metrics per site over rounds</h2>
 {{ png(metrics_png, "metrics per site over rounds") }}
 {% if final and final.confusion_png %}

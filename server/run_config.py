@@ -10,6 +10,7 @@ typo or a negative round count stops the run with one line naming the key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,9 @@ from hxr_model.models import check_model_name
 from protocol.instructions import MAX_ROUNDS, RoundInstructions, kebab
 from protocol.schedule import Phase
 
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"]
+StrategyName = Literal[
+    "fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg", "krum"
+]
 # Rules that bound what a minority of clinics can do to the model, whatever they report; under
 # them BatchNorm statistics are pooled robustly too (`server.recalibration`).
 ROBUST_STRATEGIES = frozenset({"fedmedian", "fedtrimmedavg", "krum"})
@@ -42,14 +45,28 @@ class FederationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", alias_generator=kebab, populate_by_name=True)
 
-    num_server_rounds: int = Field(10, ge=1, le=MAX_ROUNDS, description="rounds in total")
+    num_server_rounds: int = Field(20, ge=1, le=MAX_ROUNDS, description="rounds in total")
     prewarm_rounds: int = Field(
         2, ge=0, description="the first rounds pre-warm the encoder (SimCLR)"
     )
-    local_epochs: int = Field(2, ge=1, description="fine-tuning epochs per round")
+    local_epochs: int = Field(8, ge=1, description="fine-tuning epochs per round")
     prewarm_epochs: int = Field(1, ge=1, description="SimCLR epochs per round")
-    learning_rate: float = Field(1e-2, gt=0, le=10, description="local fine-tuning rate")
-    prewarm_learning_rate: float = Field(1e-3, gt=0, le=10, description="local SimCLR rate")
+    learning_rate: float = Field(
+        1e-2, gt=0, le=10, description="local fine-tuning rate of the first fine-tuning round"
+    )
+    prewarm_learning_rate: float = Field(
+        1e-3, gt=0, le=10, description="local SimCLR rate of the first pre-warm round"
+    )
+    local_optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="the clinics' fine-tuning optimiser (sgd: Nesterov momentum 0.9); SimCLR "
+        "pre-warming keeps AdamW",
+    )
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine",
+        description="how the server lowers the local rate over each phase's rounds (clinics "
+        "train at a constant rate within a round)",
+    )
     batch_size: int = Field(32, ge=2, le=4096, description="local batch size")
     model: str = Field("hxr50", description="model variant")
     image_size: int = Field(64, ge=16, le=1024, description="images are S x S px")
@@ -58,7 +75,10 @@ class FederationSettings(BaseModel):
     seed: int = Field(0, description="seeds everything")
     strategy: StrategyName = Field("fedavg", description="aggregation rule")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx's proximal term (fedprox)")
-    server_learning_rate: float = Field(0.01, gt=0, description="FedAdam's eta (fedadam)")
+    server_learning_rate: float = Field(
+        0.01, gt=0, description="the server optimiser's eta (fedadam, fedyogi)"
+    )
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM's momentum (fedavgm)")
     trim_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="share cut from each end per coordinate (fedtrimmedavg)"
     )
@@ -139,6 +159,20 @@ class FederationSettings(BaseModel):
         """First `prewarm_rounds` rounds pre-warm the encoder, the rest fine-tune."""
         return "prewarm" if server_round <= self.prewarm_rounds else "finetune"
 
+    def round_learning_rate(self, server_round: int) -> float:
+        """The local rate of `server_round`: the phase's rate, lowered by a cosine over the
+        phase's rounds. One schedule across rounds, not one restarting in every round: late
+        rounds take small steps, so the global model settles instead of jumping between the
+        clinics' optima."""
+        if self.phase(server_round) == "prewarm":
+            rate, step, steps = self.prewarm_learning_rate, server_round - 1, self.prewarm_rounds
+        else:
+            rate, step = self.learning_rate, server_round - self.prewarm_rounds - 1
+            steps = self.num_server_rounds - self.prewarm_rounds
+        if self.lr_schedule == "constant":
+            return rate
+        return rate * 0.5 * (1 + math.cos(math.pi * step / steps))
+
 
 class FederationConfig(FederationSettings):
     """The coordinator's run config: the shared settings, the classes and where results go."""
@@ -200,7 +234,8 @@ class FederationConfig(FederationSettings):
             image_size=self.image_size,
             class_names=self.classes,
             local_epochs=self.prewarm_epochs if prewarm else self.local_epochs,
-            learning_rate=self.prewarm_learning_rate if prewarm else self.learning_rate,
+            learning_rate=self.round_learning_rate(current),
+            optimizer="adamw" if prewarm else self.local_optimizer,
             batch_size=self.batch_size,
             seed=self.seed,
             temperature=self.temperature,

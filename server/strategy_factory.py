@@ -12,9 +12,11 @@ from typing import Any
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
+    FedYogi,
     Krum,
     Strategy,
 )
@@ -43,8 +45,12 @@ def make_flower_strategy(config: FederationConfig) -> FedAvg:
     }
     if config.strategy == "fedprox":
         return FedProx(**common, proximal_mu=config.proximal_mu)
+    if config.strategy == "fedavgm":
+        return FedAvgM(**common, server_momentum=config.server_momentum)
     if config.strategy == "fedadam":
         return FedAdam(**common, eta=config.server_learning_rate, eta_l=config.learning_rate)
+    if config.strategy == "fedyogi":
+        return FedYogi(**common, eta=config.server_learning_rate, eta_l=config.learning_rate)
     if config.strategy == "fedmedian":
         return FedMedian(**common)
     if config.strategy == "fedtrimmedavg":

@@ -7,6 +7,7 @@ update and failure, and the privacy spent; `server.report` renders the same numb
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -54,6 +55,43 @@ def _site_resources(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]
     return table
 
 
+# A clinic the global model serves this much worse than the others' median is flagged.
+FLAG_MARGIN = 0.15
+
+
+def _defined(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def worst_clinic(
+    sites: Mapping[str, Mapping[str, Any]], class_names: Sequence[str]
+) -> dict[str, Any] | None:
+    """The clinic whose own test share the global model serves worst, with its lowest recall
+    of a class it holds; flagged when its accuracy lies more than FLAG_MARGIN below the other
+    clinics' median (a small clinic with its own disease, drowned by the others)."""
+    scored = {site: m for site, m in sites.items() if _defined(m.get("accuracy"))}
+    if not scored:
+        return None
+    site = min(scored, key=lambda name: scored[name]["accuracy"])
+    recalls = [
+        (value, name)
+        for value, name in zip(
+            scored[site].get("per-class-recall") or [], class_names, strict=False
+        )
+        if _defined(value)
+    ]
+    lowest, lowest_class = min(recalls) if recalls else (None, None)
+    others = [m["accuracy"] for name, m in scored.items() if name != site]
+    flagged = bool(others) and scored[site]["accuracy"] < float(np.median(others)) - FLAG_MARGIN
+    return {
+        "site": site,
+        "accuracy": scored[site]["accuracy"],
+        "lowest_recall": lowest,
+        "lowest_recall_class": lowest_class,
+        "flagged": flagged,
+    }
+
+
 def _incident_rows(
     records: Sequence[RoundRecord], kind: Literal["rejected", "failures"]
 ) -> list[dict[str, Any]]:
@@ -84,6 +122,7 @@ def write_summary(
         "final_round": final.round if final else None,
         "federated": dict(final.evaluate.aggregate) if final else {},
         "sites": dict(final.evaluate.sites) if final else {},
+        "worst_clinic": worst_clinic(final.evaluate.sites, config.classes) if final else None,
         "resources": _site_resources(records),
         "rejected": _incident_rows(records, "rejected"),
         "failures": _incident_rows(records, "failures"),

@@ -1,13 +1,17 @@
-"""What federation is measured against: one centralized model and every clinic alone.
+"""What federation is measured against, on one fair test: the pooled test split.
 
-Both baselines get the federation's budget (SimCLR epochs = pre-warm rounds x pre-warm epochs,
-then fine-tuning epochs = fine-tuning rounds x local epochs) and the clinics' own splits, and
-are scored on each clinic's evaluation split, like the federated model.
+The pooled test split is carved from all clinics' sources before partitioning, patient-grouped,
+and never trained or tuned on; each clinic's test share is its part of it. The federated model,
+each clinic's own model (what it could train alone) and, if asked, one centralized model on all
+clinics' images are scored on it, and on every clinic's share (the cross-site matrix, as in
+NVFlare's cross-site validation). The comparison models get the federation's budget: the same
+passes over each image (SimCLR epochs = pre-warm rounds x pre-warm epochs, then fine-tuning
+epochs = fine-tuning rounds x local epochs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +21,11 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from client.site_data import FederationLabels, SiteData, load_site_data
 from hxr_model.data import DataSplits
+from hxr_model.errors import ConfigError
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
 from hxr_model.training import LabelledDataset, TrainConfig, evaluate_classifier, train_classifier
+from server.federation import classifier_from
 from server.report import write_report
 from server.run_store import RunStore
 from server.summary import EVALUATION_KEYS, write_summary
@@ -30,7 +36,8 @@ from simulations.federation import (
     simulated_sites,
 )
 
-ALL_SITES = "all clinics"
+FEDERATED = "federated"
+CENTRALIZED = "centralized"
 
 
 def train_baseline(
@@ -61,6 +68,7 @@ def train_baseline(
             epochs=(settings.num_server_rounds - settings.prewarm_rounds) * settings.local_epochs,
             batch_size=settings.batch_size,
             learning_rate=settings.learning_rate,
+            optimizer=settings.local_optimizer,
             seed=settings.seed,
             device=settings.device,
             progress=False,
@@ -69,8 +77,10 @@ def train_baseline(
     return model
 
 
-def _scores(model: RadiographClassifier, dataset: FederationLabels, device: str) -> dict:
+def scores(model: RadiographClassifier, dataset: Dataset, device: str) -> dict[str, Any]:
+    """A model's figures on one test set, named as the federation names them."""
     metrics = evaluate_classifier(model, dataset, device=device)
+    recall = [cls["recall"] if cls["support"] else None for cls in metrics["per_class"].values()]
     return {
         "num-examples": metrics["n"],
         "accuracy": metrics["accuracy"],
@@ -78,60 +88,85 @@ def _scores(model: RadiographClassifier, dataset: FederationLabels, device: str)
         "auc": metrics["auc"],
         "ece": metrics["ece"],
         "loss": metrics["loss"],
+        "per-class-recall": recall,
     }
 
 
-def weighted_mean(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """Example-weighted mean over clinics, as the federation aggregates its own scores."""
-    combined: dict[str, float | None] = {}
-    for key in EVALUATION_KEYS:
-        pairs = [(row[key], row["num-examples"]) for row in rows if row.get(key) is not None]
-        total = sum(weight for _, weight in pairs)
-        combined[key] = sum(v * w for v, w in pairs) / total if total else None
-    return combined
+def local_summary(local: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The clinics' own models on the pooled test split: their mean, and the best of them."""
+    mean = {
+        key: float(np.mean([row[key] for row in local.values() if row[key] is not None]))
+        for key in EVALUATION_KEYS
+        if any(row[key] is not None for row in local.values())
+    }
+    best_site = max(local, key=lambda site: local[site]["accuracy"])
+    return {"mean": mean, "best": {"site": best_site, **local[best_site]}}
 
 
-def compare_baselines(
-    settings: SimulationSettings, splits: DataSplits
-) -> dict[str, dict[str, dict]]:
-    """Scores per clinic (and over all clinics) of the centralized and local-only models."""
+def compare_models(
+    settings: SimulationSettings,
+    splits: DataSplits,
+    federated: RadiographClassifier,
+    centralized: bool,
+) -> dict[str, Any]:
+    """Every model on the pooled test split and on each clinic's test share (cross-site)."""
     class_names = splits.class_names
-    sites: dict[str, SiteData] = {}
+    if splits.test is None or not len(splits.test):
+        raise ConfigError("the simulation has no pooled test split to compare models on")
     clinics = simulated_sites(settings)
+    sites: dict[str, SiteData] = {}
     for index in range(settings.sites):
         site = clinics.site(index, settings.sites)
         sites[site.name] = load_site_data(site, class_names, settings.image_size)
     identity = np.arange(len(class_names))
-    pooled_train = FederationLabels(splits.train, identity, class_names)
-    pooled_val = FederationLabels(splits.val, identity, class_names)
-    print("baseline: one model on all clinics' images ...", flush=True)
-    centralized = train_baseline(pooled_train, pooled_val, settings)
-    results: dict[str, dict[str, dict]] = {"centralized": {}, "local-only": {}}
+    pooled_test = FederationLabels(splits.test, identity, class_names)
+    models: dict[str, RadiographClassifier] = {FEDERATED: federated}
+    if centralized:
+        print("baseline: one model on all clinics' images ...", flush=True)
+        pooled_train = FederationLabels(splits.train, identity, class_names)
+        pooled_val = FederationLabels(splits.val, identity, class_names)
+        models[CENTRALIZED] = train_baseline(pooled_train, pooled_val, settings)
     for name, data in sorted(sites.items()):
-        results["centralized"][name] = _scores(centralized, data.evaluation, settings.device)
         print(f"baseline: {name} alone ...", flush=True)
-        local = train_baseline(data.train, data.val, settings)
-        results["local-only"][name] = _scores(local, data.evaluation, settings.device)
-    for table in results.values():
-        table[ALL_SITES] = weighted_mean(list(table.values()))
-    return results
+        models[local_name(name)] = train_baseline(data.train, data.val, settings)
+    device = settings.device
+    pooled = {name: scores(model, pooled_test, device) for name, model in models.items()}
+    local = {site: pooled[local_name(site)] for site in sorted(sites)}
+    shares = sorted(sites)
+    matrix = {
+        name: {site: scores(model, sites[site].evaluation, device) for site in shares}
+        for name, model in models.items()
+    }
+    return {
+        "pooled_test": {
+            "num-examples": len(pooled_test),
+            **{name: pooled[name] for name in models if name in (FEDERATED, CENTRALIZED)},
+            "local-only": local,
+            "local-only summary": local_summary(local),
+        },
+        "cross_site": {"shares": shares, "models": matrix},
+    }
 
 
-def add_baselines(settings: SimulationSettings, run_dir: Path) -> dict[str, dict[str, dict]]:
-    """Train both baselines and rewrite summary.json and report.html with the comparison."""
+def local_name(site: str) -> str:
+    return f"{site} alone"
+
+
+def add_comparison(
+    settings: SimulationSettings, run_dir: Path, centralized: bool = False
+) -> dict[str, Any]:
+    """Train the comparison models, score everything, and rewrite summary.json and report.html
+    with the comparison (the federation's own records are not touched)."""
     splits = load_settings_splits(settings)
-    baselines = compare_baselines(settings, splits)
     config = federation_config(settings, splits.class_names)
     store = RunStore(run_dir)
-    records = store.read_rounds()
-    federated_sites = records[-1].evaluate.sites if records else {}
-    federated = {
-        site: {key: metrics.get(key) for key in ("num-examples", *EVALUATION_KEYS)}
-        for site, metrics in federated_sites.items()
-    }
-    federated[ALL_SITES] = weighted_mean(list(federated.values()))
-    summary = write_summary(
-        store, config, records, {"baselines": {"federated": federated, **baselines}}
+    final = store.load_state()
+    if final is None:
+        raise ConfigError(f"{run_dir}: no completed round to compare")
+    comparison = compare_models(
+        settings, splits, classifier_from(config, final.arrays), centralized
     )
+    records = store.read_rounds()
+    summary = write_summary(store, config, records, {"comparison": comparison})
     write_report(store, config, records, summary)
-    return baselines
+    return comparison

@@ -49,6 +49,11 @@ class SimulationSettings(FederationSettings):
     out: Path = Field(description="run folder")
     resume: bool = Field(False, description="continue the run in --out after its last round")
     cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
+    local_baselines: bool = Field(
+        True,
+        description="also train each clinic alone (same budget) and compare every model on the "
+        "pooled test split and on every clinic's share",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
 
 
@@ -86,6 +91,7 @@ def load_settings_splits(settings: SimulationSettings) -> DataSplits:
         skip_bad=settings.skip_bad,
         seed=settings.seed,
         label_map=settings.label_map or None,
+        carve_missing_test=True,
     )
 
 

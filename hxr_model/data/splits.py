@@ -42,14 +42,17 @@ def load_splits(
     resize: ResizeMode = "pad",
     label_map: dict[str, str] | None = None,
     cache_dir: Path | None = None,
+    carve_missing_test: bool = False,
 ) -> DataSplits:
     """Load `ref` and split it by patient.
 
     A source without splits is split seeded, stratified and patient-grouped into
     train/val/test by the two fractions (test is None when `test_fraction` is 0). A source with
     splits keeps them; a missing val split is carved from train (`val_fraction` of it) and a
-    missing test split stays None. Bad files raise DataError listing each one, unless
-    `skip_bad`, which leaves them out and lists them in `skipped`.
+    missing test split stays None, or with `carve_missing_test` is carved from train too
+    (`test_fraction` of it): a federation's pooled test split must exist, unseen by training and
+    tuning, even where a file ships only train and val. Bad files raise DataError listing each
+    one, unless `skip_bad`, which leaves them out and lists them in `skipped`.
     """
     check_seed(seed)
     if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
@@ -76,6 +79,9 @@ def load_splits(
             kept, carved = grouped_split(dataset.subset(train), [val_fraction], seed)
             train, val = train[kept], train[carved]
         test_part = np.flatnonzero(splits == "test") if "test" in result.splits else None
+        if test_part is None and carve_missing_test and test_fraction > 0:
+            kept, carved = grouped_split(dataset.subset(train), [test_fraction], seed)
+            train, test_part = train[kept], train[carved]
     return DataSplits(
         train=dataset.subset(train),
         val=dataset.subset(val),

@@ -132,6 +132,7 @@ def make_config(tmp_path) -> Callable[..., FederationConfig]:
         values = {
             "num_server_rounds": 2,
             "prewarm_rounds": 1,
+            "local_epochs": 1,
             "image_size": 32,
             "batch_size": 16,
             "classes": list(PHANTOM_CLASSES),

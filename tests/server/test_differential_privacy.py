@@ -166,6 +166,7 @@ def test_a_private_simulation_reports_epsilon_and_delta(
     arguments = ["simulate", "--data", "synthetic:48:2", "--sites", "2", "--rounds", "2"]
     arguments += ["--prewarm-rounds", "1", "--image-size", "32", "--batch-size", "16"]
     arguments += ["--dp-noise-multiplier", "1.0", "--dp-clipping-norm", "0.05"]
+    arguments += ["--local-epochs", "1", "--no-local-baselines"]
     assert main([*arguments, "--cpus", "2", "--out", str(out)]) == 0
 
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]

@@ -40,7 +40,8 @@ SECONDS = 900
 SIMULATE = [
     *("simulate", "--data", "synthetic:96:3", "--sites", "3", "--cpus", "1"),
     *("--rounds", str(ROUNDS), "--prewarm-rounds", "1", "--image-size", "32"),
-    *("--batch-size", "16", "--gradcam-per-class", "0"),
+    *("--batch-size", "16", "--gradcam-per-class", "0", "--local-epochs", "1"),
+    "--no-local-baselines",
 ]
 
 

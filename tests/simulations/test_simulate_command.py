@@ -25,14 +25,16 @@ def child_processes() -> list[int]:
     return children
 
 
-def test_simulate_trains_three_clinics_and_leaves_no_process_behind(tmp_path: Path) -> None:
+def test_simulate_trains_three_clinics_and_leaves_no_process_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # Earlier tests may have left long-lived helpers (multiprocessing's resource tracker): only
     # processes the simulation starts count.
     already_running = set(child_processes())
     out = tmp_path / "run"
     arguments = ["simulate", "--data", "synthetic:72:3", "--sites", "3", "--rounds", "2"]
     arguments += ["--prewarm-rounds", "1", "--image-size", "32", "--batch-size", "16"]
-    assert main([*arguments, "--cpus", "2", "--out", str(out)]) == 0
+    assert main([*arguments, "--local-epochs", "1", "--cpus", "2", "--out", str(out)]) == 0
 
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in records] == ["prewarm", "finetune"]
@@ -50,6 +52,18 @@ def test_simulate_trains_three_clinics_and_leaves_no_process_behind(tmp_path: Pa
     assert len(list((out / "gradcam").rglob("*.png"))) >= 3
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 3
     assert set(child_processes()) - already_running == set()
+    # The run ends with the comparison a clinic asks for, on the pooled test split.
+    pooled = summary["comparison"]["pooled_test"]
+    assert set(pooled["local-only"]) == {"site-1", "site-2", "site-3"}
+    assert set(summary["comparison"]["cross_site"]["models"]) == {
+        "federated", "site-1 alone", "site-2 alone", "site-3 alone"
+    }  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    federated = next(i for i, line in enumerate(lines) if "federated model on the pooled" in line)
+    assert lines[federated + 1].startswith("clinics alone on the same split: best ")
+    assert any(line.startswith("worst clinic: ") or "worst clinic:" in line for line in lines)
+    report = (out / "report.html").read_text()
+    assert report.index("against each clinic alone") < report.index("test share (round")
 
 
 def test_an_impossible_partition_fails_in_one_line_before_starting_clinics(

@@ -1,0 +1,92 @@
+"""Each federated optimisation option does to what the server sends or aggregates what its name
+says: the round-to-round learning-rate schedule, server momentum, and statistics that server
+optimisers leave alone."""
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from flwr.app import Message
+from flwr.serverapp.strategy import FedAvgM
+
+from protocol.arrays import from_record
+from protocol.records import ARRAYS_KEY
+from protocol.schedule import is_statistic
+from server.federation import run_federation
+from server.optimiser_state import optimiser_state, restore_optimiser_state
+from server.recalibration import pool_statistics
+from server.run_config import FederationConfig
+from server.run_store import RunStore
+from server.strategy_factory import make_flower_strategy
+
+from .conftest import SITES, LocalGrid
+from .test_hostile_clinics import clinic, records_of
+
+
+def rates(**settings) -> list[float]:
+    config = FederationConfig(classes=["a", "b"], **settings)
+    return [
+        config.round_instructions(k, config.phase(k)).learning_rate
+        for k in range(1, config.num_server_rounds + 1)
+    ]
+
+
+def test_the_server_lowers_the_local_rate_by_a_cosine_over_each_phase() -> None:
+    schedule = {"num_server_rounds": 6, "prewarm_rounds": 2}
+    schedule |= {"learning_rate": 0.1, "prewarm_learning_rate": 0.01}
+    prewarm, finetune = rates(**schedule)[:2], rates(**schedule)[2:]
+    assert prewarm == pytest.approx([0.01, 0.005])
+    assert finetune[0] == pytest.approx(0.1)
+    assert all(later < earlier for earlier, later in pairwise(finetune))
+    assert finetune[-1] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))
+    assert rates(**schedule, lr_schedule="constant")[2:] == pytest.approx([0.1] * 4)
+
+
+def test_fedavgm_is_configured_with_the_run_configs_momentum() -> None:
+    strategy = make_flower_strategy(
+        FederationConfig(classes=["a", "b"], strategy="fedavgm", server_momentum=0.7)
+    )
+    assert isinstance(strategy, FedAvgM) and strategy.server_momentum == 0.7
+
+
+def test_fedavgm_momentum_survives_a_restart_in_the_weights_order() -> None:
+    strategy = FedAvgM(server_momentum=0.9)
+    strategy.momentum_vector = [np.full(2, 1.0), np.full(3, 2.0)]
+    saved = optimiser_state({"finetune": strategy})
+    restored = FedAvgM(server_momentum=0.9)
+    restore_optimiser_state({"finetune": restored}, saved)
+    assert [a.tolist() for a in restored.momentum_vector] == [[1.0, 1.0], [2.0, 2.0, 2.0]]
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_server_optimisers_pool_batchnorm_statistics_instead_of_stepping_them(
+    make_config, strategy: str
+) -> None:
+    """Without recalibration the global statistics after a round are exactly the clinics'
+    pooled ones; an Adam or momentum step on them would land elsewhere."""
+    sent: dict[str, dict[str, np.ndarray]] = {}
+
+    def keeper(name: str):
+        def keep(message: Message, reply: Message) -> Message:
+            sent[name] = from_record(reply.content[ARRAYS_KEY])
+            return reply
+
+        return clinic(name, train=keep)
+
+    grid = LocalGrid({100 + k: keeper(f"clinic-{k}") for k in range(3)}, SITES)
+    grid.contexts[102].node_config["partition-id"] = 0
+    config = make_config(
+        num_server_rounds=1, prewarm_rounds=0, min_nodes=3, strategy=strategy,
+        recalibrate_statistics=False,
+    )  # fmt: skip
+    run_dir = run_federation(grid, config, 1)
+    (record,) = records_of(run_dir)
+    weights = record["weighted_examples"]
+    expected = pool_statistics(
+        [({n: a for n, a in arrays.items() if is_statistic(n)}, weights[name])
+         for name, arrays in sorted(sent.items())]
+    )  # fmt: skip
+    state = RunStore(run_dir).load_state().arrays
+    assert expected
+    for name, array in expected.items():
+        np.testing.assert_allclose(state[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
