@@ -104,10 +104,14 @@ def describe_round(record: RoundRecord, total_rounds: int) -> list[str]:
         text += f", {train['seconds']:.1f} s, {train['peak-memory-mb']:.0f} MB"
         lines.append(text)
     aggregate = record.evaluate.aggregate
-    summary = f"round {record.round}/{total_rounds} done in {record.seconds:.1f} s"
+    summary = (
+        f"round {record.round}/{total_rounds} {record.phase} done in {record.seconds:.1f} s: "
+        f"{len(record.train.sites)} clinic(s) trained, loss "
+        f"{number(record.train.aggregate, 'train-loss')}"
+    )
     if aggregate:
         summary += (
-            f": federation test acc {number(aggregate, 'accuracy')}"
+            f", federation test acc {number(aggregate, 'accuracy')}"
             f" bal-acc {number(aggregate, 'balanced-accuracy')} auc {number(aggregate, 'auc')}"
         )
     if record.rejected or record.failures:

@@ -8,6 +8,7 @@ is one partition of a dataset, played by a Ray actor limited to one CPU core.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -25,9 +26,12 @@ if TYPE_CHECKING:
 
 # Flower's and Ray's usage reporting would try the network from every clinic laptop; a
 # simulation must also never build a fresh environment (`flwr run`'s default downloads torch).
+FLOWER_LOGGER = "flwr"
 QUIET_ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray's notice about a future change to GPU visibility; actors reserve no GPU unless asked.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
 
@@ -49,6 +53,9 @@ class SimulationSettings(FederationSettings):
     out: Path = Field(description="run folder")
     resume: bool = Field(False, description="continue the run in --out after its last round")
     cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
+    verbose: bool = Field(
+        False, description="show Flower's and Ray's own log lines and every clinic's progress"
+    )
     local_baselines: bool = Field(
         True,
         description="also train each clinic alone (same budget) and compare every model on the "
@@ -79,7 +86,13 @@ def backend_config(settings: SimulationSettings) -> dict:
     gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": min(1.0, gpus / cpus) if gpus else 0.0},
-        "init_args": {"num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": gpus,
+            "include_dashboard": False,
+            # The clinics' own log lines reach the terminal only when asked for.
+            "log_to_driver": settings.verbose,
+        },
     }
 
 
@@ -126,6 +139,26 @@ def check_partitions(settings: SimulationSettings) -> list[str]:
     return splits.class_names
 
 
+class CalmTerminal(logging.Filter):
+    """Flower's log, as a researcher watching a simulation wants it: one line per round and
+    every warning (a rejected or failed clinic), without Flower's per-message chatter, raw
+    metric dictionaries or the notice that in-process simulation is deprecated (this module
+    keeps it on purpose: it starts no SuperLink that could outlive the run and downloads
+    nothing). `verbose` shows everything."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose:
+            return True
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return not message.startswith("DEPRECATED FEATURE")
+        return message.startswith("round ") and " done in " in message
+
+
 def simulate(settings: SimulationSettings) -> Path:
     """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
     quiet_flower()
@@ -140,6 +173,8 @@ def simulate(settings: SimulationSettings) -> Path:
     config = federation_config(settings, class_names)
     sites = simulated_sites(settings)
     stop = threading.Event()
+    calm = CalmTerminal(settings.verbose)
+    logging.getLogger(FLOWER_LOGGER).addFilter(calm)
     try:
         run_simulation(
             server_app=build_server_app(config, stop),
@@ -151,4 +186,5 @@ def simulate(settings: SimulationSettings) -> Path:
         stop.set()  # an interrupted run's ServerApp thread would otherwise wait for replies
         if ray.is_initialized():
             ray.shutdown()
+        logging.getLogger(FLOWER_LOGGER).removeFilter(calm)
     return config.run_dir(0)

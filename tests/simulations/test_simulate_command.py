@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,25 @@ def test_simulate_trains_three_clinics_and_leaves_no_process_behind(
     assert any(line.startswith("worst clinic: ") or "worst clinic:" in line for line in lines)
     report = (out / "report.html").read_text()
     assert report.index("against each clinic alone") < report.index("test share (round")
+
+
+def test_the_terminal_shows_one_line_per_round_and_no_deprecation_or_raw_metrics(
+    tmp_path: Path,
+) -> None:
+    """What a researcher sees of `hxr simulate` without --verbose: the command in its own
+    process, as a user starts it, everything it writes to the terminal."""
+    arguments = ["simulate", "--data", "synthetic:48:2", "--sites", "2", "--rounds", "3"]
+    arguments += ["--prewarm-rounds", "1", "--image-size", "32", "--batch-size", "16"]
+    arguments += ["--local-epochs", "1", "--no-local-baselines", "--cpus", "2"]
+    command = [sys.executable, "-m", "hxr_cli.main", *arguments, "--out", str(tmp_path / "run")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    shown = finished.stdout + finished.stderr
+    assert "deprecated" not in shown.lower()
+    assert "MetricRecord" not in shown and "{'" not in shown
+    assert "ClientAppActor" not in shown  # the clinics' own lines stay in Ray's logs
+    rounds = [line for line in shown.splitlines() if " done in " in line]
+    assert len(rounds) == 3 and all("clinic(s) trained" in line for line in rounds)
 
 
 def test_an_impossible_partition_fails_in_one_line_before_starting_clinics(
