@@ -19,6 +19,7 @@ from client.disclosure import sample_limits
 from client.gradcam_samples import gradcam_samples
 from client.site_config import SiteConfig
 from client.site_data import SiteData
+from hxr_model.metrics import SCORE_BINS, score_histogram
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, PrewarmResult, ProjectionHead, prewarm_encoder
 from hxr_model.runtime import resolve_device
@@ -27,6 +28,7 @@ from hxr_model.training import (
     TrainResult,
     evaluate_classifier,
     make_loader,
+    predict_probabilities,
     train_classifier,
 )
 from protocol.gradcam_samples import GradcamSamples
@@ -165,6 +167,16 @@ def statistics_round(
     return statistics, StatisticsMetrics(num_examples=len(data.train))
 
 
+def _validation_scores(
+    model: RadiographClassifier, data: SiteData, instructions: RoundInstructions, site: SiteConfig
+) -> list[int]:
+    """The global model's score counts on this site's validation split (binary tasks only)."""
+    if len(instructions.class_names) != 2 or not len(data.val):
+        return [0] * 2 * SCORE_BINS
+    labels, probabilities = predict_probabilities(model, data.val, device=site.device)
+    return score_histogram(labels, probabilities[:, 1])
+
+
 def evaluate_round(
     state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
 ) -> tuple[EvaluateMetrics, GradcamSamples | None]:
@@ -184,6 +196,7 @@ def evaluate_round(
         ece=float(metrics["ece"]),
         per_class_recall=_per_class_recall(metrics, instructions.class_names),
         confusion_matrix=[int(v) for row in metrics["confusion_matrix"] for v in row],
+        val_score_histogram=_validation_scores(model, data, instructions, site),
     )
     samples = None
     per_class, side = sample_limits(site, instructions)

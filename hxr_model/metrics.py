@@ -172,6 +172,36 @@ def youden_threshold(labels: np.ndarray, positive_probabilities: np.ndarray) -> 
     return float(min(thresholds[best], 1.0))
 
 
+SCORE_BINS = 20
+
+
+def score_histogram(labels: np.ndarray, positive_probabilities: np.ndarray) -> list[int]:
+    """Counts of the positive-class score in SCORE_BINS equal bins over [0, 1], first for the
+    negative images, then for the positive ones: enough to choose a threshold on predictions
+    pooled across clinics, and no image or per-image score leaves a clinic."""
+    labels = np.asarray(labels).reshape(-1)
+    bins = np.clip((np.asarray(positive_probabilities) * SCORE_BINS).astype(int), 0, SCORE_BINS - 1)
+    counts = [np.bincount(bins[labels == label], minlength=SCORE_BINS) for label in (0, 1)]
+    return [int(count) for count in np.concatenate(counts)]
+
+
+def threshold_from_histogram(histogram: list[int]) -> tuple[float, float, float] | None:
+    """(threshold, balanced accuracy there, balanced accuracy at 0.5) for the bin edge that
+    maximises balanced accuracy (Youden's J) on pooled score counts; None without both classes.
+    Ties go to the edge nearest 0.5."""
+    counts = np.asarray(histogram, dtype=np.float64).reshape(2, SCORE_BINS)
+    negatives, positives = counts.sum(axis=1)
+    if not negatives or not positives:
+        return None
+    edges = np.arange(SCORE_BINS + 1) / SCORE_BINS
+    # Predict positive at score >= edge k: specificity counts negative bins below k.
+    specificity = np.concatenate([[0.0], np.cumsum(counts[0])]) / negatives
+    sensitivity = 1 - np.concatenate([[0.0], np.cumsum(counts[1])]) / positives
+    balanced = (specificity + sensitivity) / 2
+    best = max(range(len(edges)), key=lambda k: (balanced[k], -abs(edges[k] - 0.5)))
+    return float(edges[best]), float(balanced[best]), float(balanced[SCORE_BINS // 2])
+
+
 def _resident_bytes() -> int | None:
     """Current resident set size from /proc (Linux), or None where /proc is absent."""
     try:

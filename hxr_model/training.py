@@ -113,7 +113,7 @@ def choose_batch_size(
 def predict_probabilities(
     model: nn.Module, dataset: Dataset, batch_size: int = 256, device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities for every image, in dataset order, and the true labels."""
+    """The true labels and the softmax probabilities of every image, in dataset order."""
     resolved = resolve_device(device)
     was_training = model.training
     model.eval().to(resolved)

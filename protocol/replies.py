@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from hxr_model.metrics import SCORE_BINS
 from protocol.instructions import kebab
 from protocol.records import PROTOCOL_VERSION, PROTOCOL_VERSION_KEY, SITE_KEY, SITE_NAME_KEY
 from protocol.schedule import Phase
@@ -135,8 +136,19 @@ class EvaluateMetrics(Metrics):
     ece: Rate
     per_class_recall: list[Rate]
     confusion_matrix: list[Count]
+    # Binary tasks: the global model's positive-class scores on the site's validation split, as
+    # counts per score bin (negatives, then positives); zeros otherwise. Pooled by the server to
+    # choose the federation's decision threshold without any image or per-image score.
+    val_score_histogram: list[Count]
 
     _per_class_length = field_validator("per_class_recall")(_per_class)
+
+    @field_validator("val_score_histogram")
+    @classmethod
+    def _two_histograms(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 * SCORE_BINS:
+            raise ValueError(f"must hold {2 * SCORE_BINS} counts, not {len(value)}")
+        return value
 
     @field_validator("confusion_matrix")
     @classmethod

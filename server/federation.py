@@ -24,6 +24,7 @@ from hxr_model.prewarm import ProjectionHead
 from protocol.arrays import to_record
 from protocol.gradcam_samples import GradcamSamples
 from protocol.model_state import federated_state, load_into
+from server.decision_threshold import decision_threshold
 from server.gallery import save_gallery
 from server.optimiser_state import OptimiserState
 from server.phased_strategy import PhasedStrategy
@@ -69,17 +70,6 @@ def classifier_from(
     model = build_model(config.model, len(config.classes))
     load_into(model, state, "finetune")
     return model.eval()
-
-
-def _final_threshold(config: FederationConfig, records: list[RoundRecord]) -> float | None:
-    """Binary tasks: the sites' validation-chosen thresholds of the last fine-tuning round."""
-    if len(config.classes) != 2:
-        return None
-    for record in reversed(records):
-        value = record.train.aggregate.get("val-threshold")
-        if record.phase == "finetune" and isinstance(value, float):
-            return value if math.isfinite(value) and 0 <= value <= 1 else None
-    return None
 
 
 def describe_round(record: RoundRecord, total_rounds: int) -> list[str]:
@@ -240,7 +230,7 @@ def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
         model_name=config.model,
         class_names=config.classes,
         image_size=config.image_size,
-        threshold=_final_threshold(config, records),
+        threshold=(decision_threshold(config.classes, records) or {}).get("threshold"),
         metadata={"federation": config.model_dump(mode="json"), "rounds": final.round},
     )
     summary = write_summary(store, config, records)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from flwr.app import MetricRecord, RecordDict
 
-SUMMED_KEYS = frozenset({"confusion-matrix", "skipped-files"})
+SUMMED_KEYS = frozenset({"confusion-matrix", "skipped-files", "val-score-histogram"})
 
 
 def _weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:

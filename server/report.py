@@ -243,6 +243,7 @@ def write_report(
         },
         comparison=_comparison(summary.get("comparison")),
         worst=summary.get("worst_clinic"),
+        threshold=summary.get("decision_threshold"),
         metrics_png=_metric_plot(records, config.prewarm_rounds),
         resources=[
             [

@@ -46,6 +46,13 @@ share.</p>
 {% else %}
 <p>Differential privacy: off.</p>
 {% endif %}
+{% if threshold %}
+<p>Decision threshold of the global model: {{ threshold.threshold | fmt }}, chosen on the
+global model's scores pooled over the clinics' validation splits
+({{ threshold.pooled_validation_images }} images; counts per score bin, no image): balanced
+accuracy {{ threshold["balanced_accuracy_at_0.5"] | fmt }} at 0.5 and
+{{ threshold.balanced_accuracy_at_best | fmt }} at the best edge {{ threshold.best | fmt }}.</p>
+{% endif %}
 {% if comparison %}
 <h2>Federated model against each clinic alone, on the pooled test split
 ({{ comparison.images }} images)</h2>

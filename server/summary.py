@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hxr_model.atomic_files import write_text_atomic
+from server.decision_threshold import decision_threshold
 from server.differential_privacy import privacy_summary
 from server.round_record import RoundRecord
 from server.run_config import FederationConfig
@@ -123,6 +124,7 @@ def write_summary(
         "federated": dict(final.evaluate.aggregate) if final else {},
         "sites": dict(final.evaluate.sites) if final else {},
         "worst_clinic": worst_clinic(final.evaluate.sites, config.classes) if final else None,
+        "decision_threshold": decision_threshold(config.classes, records),
         "resources": _site_resources(records),
         "rejected": _incident_rows(records, "rejected"),
         "failures": _incident_rows(records, "failures"),

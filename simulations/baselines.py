@@ -36,6 +36,7 @@ from simulations.federation import (
     simulated_sites,
 )
 
+MAX_COMPARED = 20
 FEDERATED = "federated"
 CENTRALIZED = "centralized"
 
@@ -115,7 +116,7 @@ def compare_models(
         raise ConfigError("the simulation has no pooled test split to compare models on")
     clinics = simulated_sites(settings)
     sites: dict[str, SiteData] = {}
-    for index in range(settings.sites):
+    for index in compared_clinics(settings.sites, settings.seed):
         site = clinics.site(index, settings.sites)
         sites[site.name] = load_site_data(site, class_names, settings.image_size)
     identity = np.arange(len(class_names))
@@ -146,6 +147,16 @@ def compare_models(
         },
         "cross_site": {"shares": shares, "models": matrix},
     }
+
+
+def compared_clinics(num_sites: int, seed: int) -> list[int]:
+    """The clinics trained alone and in the cross-site matrix: all of them up to MAX_COMPARED,
+    beyond that a seeded sample, so a 1,000-clinic study costs 20 local models, not 1,000, and
+    its matrix stays 20 x 20."""
+    if num_sites <= MAX_COMPARED:
+        return list(range(num_sites))
+    rng = np.random.default_rng(seed)
+    return sorted(int(k) for k in rng.choice(num_sites, MAX_COMPARED, replace=False))
 
 
 def local_name(site: str) -> str:

@@ -12,7 +12,14 @@ from torch import nn
 
 from client.site_data import load_site_data
 from hxr_model.data.phantoms import PHANTOM_CLASSES
-from simulations.baselines import FEDERATED, compare_models, local_summary, scores
+from simulations.baselines import (
+    FEDERATED,
+    MAX_COMPARED,
+    compare_models,
+    compared_clinics,
+    local_summary,
+    scores,
+)
 from simulations.federation import SimulationSettings, load_settings_splits, simulated_sites
 
 # The federation's budget, which each comparison model trains with: a pre-warm round, then a
@@ -148,3 +155,11 @@ def test_scores_report_recall_only_for_classes_present(tmp_path) -> None:
     present = set(clinics[0].evaluation.labels.tolist())
     for index, recall in enumerate(result["per-class-recall"]):
         assert (recall is None) == (index not in present)
+
+
+def test_beyond_twenty_clinics_the_comparison_is_a_seeded_sample() -> None:
+    assert compared_clinics(5, seed=0) == [0, 1, 2, 3, 4]
+    sample = compared_clinics(300, seed=0)
+    assert len(sample) == MAX_COMPARED == len(set(sample)) and sample == sorted(sample)
+    assert sample == compared_clinics(300, seed=0) != compared_clinics(300, seed=1)
+    assert all(0 <= k < 300 for k in sample)
