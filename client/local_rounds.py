@@ -122,7 +122,11 @@ def finetune_round(
     model = _model(instructions)
     load_into(model, state, "finetune")
     reference = {name: p.detach().clone() for name, p in model.named_parameters()}
-    config = TrainConfig(**_loop_settings(instructions, site), proximal_mu=instructions.proximal_mu)
+    config = TrainConfig(
+        **_loop_settings(instructions, site),
+        proximal_mu=instructions.proximal_mu,
+        absent_class_scale=instructions.absent_class_scale,
+    )
     val = data.val if len(data.val) else None
     result = train_classifier(model, data.train, val, config, reference_weights=reference)
     val_metrics = result.val_metrics or {}

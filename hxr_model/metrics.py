@@ -202,6 +202,27 @@ def threshold_from_histogram(histogram: list[int]) -> tuple[float, float, float]
     return float(edges[best]), float(balanced[best]), float(balanced[SCORE_BINS // 2])
 
 
+# A threshold is worth moving from 0.5 only for this much balanced accuracy on validation.
+MIN_THRESHOLD_GAIN = 0.01
+
+
+def threshold_choice(histogram: list[int]) -> dict[str, float] | None:
+    """The decision threshold score counts support: the best bin edge where it beats 0.5 by
+    MIN_THRESHOLD_GAIN of balanced accuracy, else 0.5; with both figures. None without both
+    classes."""
+    choice = threshold_from_histogram(histogram)
+    if choice is None:
+        return None
+    best, at_best, at_half = choice
+    return {
+        "threshold": best if at_best >= at_half + MIN_THRESHOLD_GAIN else 0.5,
+        "images": float(sum(histogram)),
+        "best": best,
+        "balanced_accuracy_at_best": at_best,
+        "balanced_accuracy_at_0.5": at_half,
+    }
+
+
 def _resident_bytes() -> int | None:
     """Current resident set size from /proc (Linux), or None where /proc is absent."""
     try:

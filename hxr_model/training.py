@@ -58,6 +58,8 @@ class TrainConfig(LoopConfig):
     monitor: Monitor = "balanced_accuracy"
     augment: bool = True
     proximal_mu: float = Field(0.0, ge=0)
+    # FedRS: below 1, the logits of classes absent from `train_set` are scaled by this factor.
+    absent_class_scale: float = Field(1.0, ge=0, le=1)
 
 
 @dataclass
@@ -84,12 +86,19 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
 
 
-def cross_entropy_objective(weights: torch.Tensor | None, label_smoothing: float) -> Objective:
+def cross_entropy_objective(
+    weights: torch.Tensor | None, label_smoothing: float, logit_scale: torch.Tensor | None = None
+) -> Objective:
+    """Cross-entropy, optionally class-weighted; `logit_scale` multiplies each class's logit
+    first (FedRS: classes a clinic holds no image of get a factor below 1, so its training does
+    not teach the shared model that those classes never occur)."""
+
     def objective(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if weights is None else weights.to(images.device)
-        return F.cross_entropy(
-            model(images), labels, weight=weight, label_smoothing=label_smoothing
-        )
+        logits = model(images)
+        if logit_scale is not None:
+            logits = logits * logit_scale.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
 
     return objective
 
@@ -195,7 +204,11 @@ def train_classifier(
     weights = class_weights(labels, num_classes)
     if objective is None:
         loss_weights = weights if config.imbalance == "class-weights" else None
-        objective = cross_entropy_objective(loss_weights, config.label_smoothing)
+        scale = None
+        if config.absent_class_scale < 1:
+            present = torch.from_numpy(np.bincount(labels, minlength=num_classes) > 0)
+            scale = torch.where(present, 1.0, config.absent_class_scale)
+        objective = cross_entropy_objective(loss_weights, config.label_smoothing, scale)
     sample_weights = weights.numpy()[labels] if config.imbalance == "balanced-sampler" else None
     image_size = int(train_set[0][0].shape[-1])
     batch_size = choose_batch_size(model, image_size, config, device)

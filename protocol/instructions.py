@@ -48,6 +48,7 @@ class RoundInstructions(BaseModel):
     temperature: float = Field(gt=0)
     projection_dim: int = Field(ge=2, le=2048)
     proximal_mu: float = Field(ge=0)
+    absent_class_scale: float = Field(ge=0, le=1)
     gradcam_per_class: int = Field(ge=0, le=16)
     gradcam_size: int = Field(ge=8, le=128)
 

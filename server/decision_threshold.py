@@ -4,10 +4,9 @@ validation predictions.
 Averaging thresholds the clinics chose on their own label-skewed validation shares gave one
 that fits no clinic (measured: 0.385, costing accuracy on independent data). Instead every
 clinic counts the global model's scores on its validation split per score bin
-(`val-score-histogram`, no image or per-image score), the server adds the counts up, and takes
-the bin edge that maximises balanced accuracy on all of them, unless that beats 0.5 by less than
-MIN_GAIN, in which case 0.5 stays: a threshold is worth moving only for a clear gain. Both
-figures go into summary.json.
+(`val-score-histogram`, no image or per-image score), the server adds the counts up and
+applies `hxr_model.metrics.threshold_choice`: the bin edge that maximises balanced accuracy,
+unless it beats 0.5 by less than a point. Both figures go into summary.json.
 """
 
 from __future__ import annotations
@@ -17,18 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from hxr_model.metrics import threshold_from_histogram
+from hxr_model.metrics import threshold_choice
 from server.round_record import RoundRecord
 
-MIN_GAIN = 0.01
 HISTOGRAM_KEY = "val-score-histogram"
 
 
 def decision_threshold(
     class_names: Sequence[str], records: Sequence[RoundRecord]
 ) -> dict[str, Any] | None:
-    """{threshold, pooled-validation balanced accuracy at it and at 0.5, images}, or None for
-    tasks that are not binary or where no clinic's validation held both classes."""
+    """`threshold_choice` of the last evaluated round's pooled counts, or None for tasks that
+    are not binary or where no clinic's validation held both classes."""
     if len(class_names) != 2:
         return None
     final = next((record for record in reversed(records) if record.evaluate.sites), None)
@@ -41,16 +39,4 @@ def decision_threshold(
     ]
     if not histograms:
         return None
-    pooled = np.sum(np.asarray(histograms, dtype=np.int64), axis=0).tolist()
-    choice = threshold_from_histogram(pooled)
-    if choice is None:
-        return None
-    best, balanced_at_best, balanced_at_half = choice
-    moved = balanced_at_best >= balanced_at_half + MIN_GAIN
-    return {
-        "threshold": best if moved else 0.5,
-        "pooled_validation_images": int(sum(pooled)),
-        "balanced_accuracy_at_best": balanced_at_best,
-        "best": best,
-        "balanced_accuracy_at_0.5": balanced_at_half,
-    }
+    return threshold_choice(np.sum(np.asarray(histograms, dtype=np.int64), axis=0).tolist())

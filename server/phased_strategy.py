@@ -192,6 +192,8 @@ class PhasedStrategy(Strategy):
             self.config.max_examples,
             self.config.examples_cap_factor,
         )
+        if self.config.clinic_weighting == "uniform":
+            weights = dict.fromkeys(weights, 1)
         self.record.weighted_examples = weights
         clean = [clean_reply(s, update, weights[s.site]) for s, update in accepted]
         self.trained_nodes = [screened.node for screened, _ in accepted]

@@ -49,7 +49,7 @@ share.</p>
 {% if threshold %}
 <p>Decision threshold of the global model: {{ threshold.threshold | fmt }}, chosen on the
 global model's scores pooled over the clinics' validation splits
-({{ threshold.pooled_validation_images }} images; counts per score bin, no image): balanced
+({{ threshold.images | int }} images; counts per score bin, no image): balanced
 accuracy {{ threshold["balanced_accuracy_at_0.5"] | fmt }} at 0.5 and
 {{ threshold.balanced_accuracy_at_best | fmt }} at the best edge {{ threshold.best | fmt }}.</p>
 {% endif %}

@@ -83,6 +83,18 @@ class FederationSettings(BaseModel):
         0.2, ge=0, lt=0.5, description="share cut from each end per coordinate (fedtrimmedavg)"
     )
     assumed_malicious: int = Field(1, ge=0, description="clinics Krum assumes hostile (krum)")
+    absent_class_scale: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="FedRS: clinics scale the logits of classes they hold no image of by this "
+        "factor in local training (1 = off; the FedRS paper uses 0.5)",
+    )
+    clinic_weighting: Literal["examples", "uniform"] = Field(
+        "examples",
+        description="weigh each clinic's update by its (capped) image count, or all alike, so "
+        "a small clinic with its own disease keeps a voice",
+    )
     examples_cap_factor: float = Field(
         4.0,
         ge=1,
@@ -241,6 +253,7 @@ class FederationConfig(FederationSettings):
             temperature=self.temperature,
             projection_dim=self.projection_dim,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
+            absent_class_scale=self.absent_class_scale,
             gradcam_per_class=self.gradcam_per_class,
             gradcam_size=self.gradcam_size,
         )

@@ -6,7 +6,8 @@ each clinic's own model (what it could train alone) and, if asked, one centraliz
 clinics' images are scored on it, and on every clinic's share (the cross-site matrix, as in
 NVFlare's cross-site validation). The comparison models get the federation's budget: the same
 passes over each image (SimCLR epochs = pre-warm rounds x pre-warm epochs, then fine-tuning
-epochs = fine-tuning rounds x local epochs).
+epochs = fine-tuning rounds x local epochs). In binary tasks every model is scored at the
+threshold its own validation data supports, by one rule (`hxr_model.metrics.threshold_choice`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from torch.utils.data import ConcatDataset, Dataset
 from client.site_data import FederationLabels, SiteData, load_site_data
 from hxr_model.data import DataSplits
 from hxr_model.errors import ConfigError
+from hxr_model.metrics import score_histogram, threshold_choice
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
-from hxr_model.training import LabelledDataset, TrainConfig, evaluate_classifier, train_classifier
+from hxr_model.training import (
+    LabelledDataset,
+    TrainConfig,
+    evaluate_classifier,
+    predict_probabilities,
+    train_classifier,
+)
+from server.decision_threshold import decision_threshold
 from server.federation import classifier_from
 from server.report import write_report
 from server.run_store import RunStore
@@ -78,9 +87,23 @@ def train_baseline(
     return model
 
 
-def scores(model: RadiographClassifier, dataset: Dataset, device: str) -> dict[str, Any]:
+def validation_threshold(
+    model: RadiographClassifier, val: Dataset | None, device: str
+) -> float | None:
+    """Binary tasks: the threshold `threshold_choice` picks on the model's own validation
+    images, the rule the federated model's threshold follows on the clinics' pooled counts."""
+    if val is None or not len(val) or len(val.class_names) != 2:
+        return None
+    labels, probabilities = predict_probabilities(model, val, device=device)
+    choice = threshold_choice(score_histogram(labels, probabilities[:, 1]))
+    return None if choice is None else choice["threshold"]
+
+
+def scores(
+    model: RadiographClassifier, dataset: Dataset, device: str, threshold: float | None = None
+) -> dict[str, Any]:
     """A model's figures on one test set, named as the federation names them."""
-    metrics = evaluate_classifier(model, dataset, device=device)
+    metrics = evaluate_classifier(model, dataset, device=device, threshold=threshold)
     recall = [cls["recall"] if cls["support"] else None for cls in metrics["per_class"].values()]
     return {
         "num-examples": metrics["n"],
@@ -109,6 +132,7 @@ def compare_models(
     splits: DataSplits,
     federated: RadiographClassifier,
     centralized: bool,
+    federated_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Every model on the pooled test split and on each clinic's test share (cross-site)."""
     class_names = splits.class_names
@@ -121,21 +145,30 @@ def compare_models(
         sites[site.name] = load_site_data(site, class_names, settings.image_size)
     identity = np.arange(len(class_names))
     pooled_test = FederationLabels(splits.test, identity, class_names)
+    device = settings.device
     models: dict[str, RadiographClassifier] = {FEDERATED: federated}
+    thresholds: dict[str, float | None] = {FEDERATED: federated_threshold}
     if centralized:
         print("baseline: one model on all clinics' images ...", flush=True)
         pooled_train = FederationLabels(splits.train, identity, class_names)
         pooled_val = FederationLabels(splits.val, identity, class_names)
         models[CENTRALIZED] = train_baseline(pooled_train, pooled_val, settings)
+        thresholds[CENTRALIZED] = validation_threshold(models[CENTRALIZED], pooled_val, device)
     for name, data in sorted(sites.items()):
         print(f"baseline: {name} alone ...", flush=True)
         models[local_name(name)] = train_baseline(data.train, data.val, settings)
-    device = settings.device
-    pooled = {name: scores(model, pooled_test, device) for name, model in models.items()}
+        thresholds[local_name(name)] = validation_threshold(
+            models[local_name(name)], data.val, device
+        )
+    pooled = {
+        name: scores(model, pooled_test, device, thresholds[name]) for name, model in models.items()
+    }
     local = {site: pooled[local_name(site)] for site in sorted(sites)}
     shares = sorted(sites)
     matrix = {
-        name: {site: scores(model, sites[site].evaluation, device) for site in shares}
+        name: {
+            site: scores(model, sites[site].evaluation, device, thresholds[name]) for site in shares
+        }
         for name, model in models.items()
     }
     return {
@@ -174,10 +207,11 @@ def add_comparison(
     final = store.load_state()
     if final is None:
         raise ConfigError(f"{run_dir}: no completed round to compare")
-    comparison = compare_models(
-        settings, splits, classifier_from(config, final.arrays), centralized
-    )
     records = store.read_rounds()
+    threshold = (decision_threshold(config.classes, records) or {}).get("threshold")
+    comparison = compare_models(
+        settings, splits, classifier_from(config, final.arrays), centralized, threshold
+    )
     summary = write_summary(store, config, records, {"comparison": comparison})
     write_report(store, config, records, summary)
     return comparison

@@ -38,7 +38,7 @@ def test_clinics_histograms_are_pooled_before_choosing() -> None:
     positives = score_histogram(np.ones(40, int), np.full(40, 0.35))
     choice = decision_threshold(["normal", "pneumonia"], [record_with(negatives, positives)])
     assert choice["threshold"] == pytest.approx(0.35)  # the separating edge nearest 0.5
-    assert choice["pooled_validation_images"] == 80
+    assert choice["images"] == 80
     assert choice["balanced_accuracy_at_best"] == 1.0 and choice["balanced_accuracy_at_0.5"] == 0.5
 
 

@@ -6,9 +6,12 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from flwr.app import Message
 from flwr.serverapp.strategy import FedAvgM
 
+from hxr_model.training import cross_entropy_objective
 from protocol.arrays import from_record
 from protocol.records import ARRAYS_KEY
 from protocol.schedule import is_statistic
@@ -90,3 +93,23 @@ def test_server_optimisers_pool_batchnorm_statistics_instead_of_stepping_them(
     assert expected
     for name, array in expected.items():
         np.testing.assert_allclose(state[name], array, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_fedrs_scales_only_the_logits_of_classes_the_clinic_lacks() -> None:
+    """A clinic holding classes 0 and 2 of 3: class 1's logit is scaled in its local loss."""
+    logits = torch.tensor([[2.0, 4.0, 1.0], [0.5, 3.0, 2.5]])
+    labels = torch.tensor([0, 2])
+    scale = torch.tensor([1.0, 0.5, 1.0])
+    objective = cross_entropy_objective(None, 0.0, scale)
+    loss = objective(lambda images: logits, torch.zeros(2, 1, 4, 4), labels)
+    expected = F.cross_entropy(logits * scale, labels)
+    assert float(loss) == pytest.approx(float(expected))
+    assert float(loss) < float(F.cross_entropy(logits, labels))  # the absent class pulls less
+    config = FederationConfig(classes=["a", "b"], absent_class_scale=0.5)
+    assert config.round_instructions(3, "finetune").absent_class_scale == 0.5
+
+
+def test_uniform_weighting_gives_every_clinic_one_vote(make_grid, make_config) -> None:
+    config = make_config(num_server_rounds=1, prewarm_rounds=0, clinic_weighting="uniform")
+    (record,) = records_of(run_federation(make_grid(), config, 1))
+    assert record["weighted_examples"] == {"site-1": 1, "site-2": 1}
