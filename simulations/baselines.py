@@ -102,13 +102,25 @@ def validation_threshold(
 def scores(
     model: RadiographClassifier, dataset: Dataset, device: str, threshold: float | None = None
 ) -> dict[str, Any]:
-    """A model's figures on one test set, named as the federation names them."""
+    """A model's figures on one test set, named as the federation names them; in binary tasks
+    with a `threshold`, accuracy and recalls are those at it (accuracy at 0.5 kept beside)."""
     metrics = evaluate_classifier(model, dataset, device=device, threshold=threshold)
     recall = [cls["recall"] if cls["support"] else None for cls in metrics["per_class"].values()]
+    accuracy, balanced = metrics["accuracy"], metrics["balanced_accuracy"]
+    if "accuracy_at_threshold" in metrics:
+        at_threshold = (metrics["specificity_at_threshold"], metrics["sensitivity_at_threshold"])
+        recall = [
+            value if old is not None else None
+            for value, old in zip(at_threshold, recall, strict=True)
+        ]
+        accuracy = metrics["accuracy_at_threshold"]
+        balanced = float(np.mean([value for value in recall if value is not None]))
     return {
         "num-examples": metrics["n"],
-        "accuracy": metrics["accuracy"],
-        "balanced-accuracy": metrics["balanced_accuracy"],
+        "accuracy": accuracy,
+        "accuracy-at-0.5": metrics["accuracy"],
+        "threshold": threshold,
+        "balanced-accuracy": balanced,
         "auc": metrics["auc"],
         "ece": metrics["ece"],
         "loss": metrics["loss"],
