@@ -1,4 +1,4 @@
-"""Server-optimiser moments (FedAdam, FedYogi, FedAdagrad) kept across a restart.
+"""Server-optimiser state (FedAdam and FedYogi moments, FedAvgM momentum) kept across a restart.
 
 A resumed run must continue exactly where it stopped, and an adaptive rule's moments are part
 of where it stopped; `server_state.pt` stores them per phase (`server.run_store`).
