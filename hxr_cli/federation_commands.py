@@ -22,6 +22,7 @@ from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.refs import REF_FORMS, default_image_size
 from hxr_model.errors import ConfigError
 from hxr_model.models import model_names
+from protocol.instructions import kebab
 
 if TYPE_CHECKING:
     from simulations.federation import SimulationSettings
@@ -40,7 +41,7 @@ def add_settings_options(
     for name, field in settings.model_fields.items():
         if name in skip:
             continue
-        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        flag = FLAG_NAMES.get(name, "--" + kebab(name))
         # Options left out stay unset, so the settings know what the user chose (DP refuses an
         # explicit --recalibrate-statistics, and turns the default off).
         options: dict[str, Any] = {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hxr_model.metrics import threshold_choice
-from server.round_record import RoundRecord
+from server.round_record import RoundRecord, last_evaluated
 
 HISTOGRAM_KEY = "val-score-histogram"
 
@@ -29,7 +29,7 @@ def decision_threshold(
     are not binary or where no clinic's validation held both classes."""
     if len(class_names) != 2:
         return None
-    final = next((record for record in reversed(records) if record.evaluate.sites), None)
+    final = last_evaluated(records)
     if final is None:
         return None
     histograms = [

@@ -21,10 +21,10 @@ from matplotlib.ticker import MaxNLocator
 
 from hxr_model.atomic_files import write_text_atomic
 from server.report_template import REPORT_TEMPLATE
-from server.round_record import RoundRecord
+from server.round_record import RoundRecord, last_evaluated
 from server.run_config import FederationConfig
 from server.run_store import RunStore
-from server.summary import EVALUATION_KEYS, last_evaluated
+from server.summary import EVALUATION_KEYS
 
 
 def format_cell(value: Any) -> str:

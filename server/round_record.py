@@ -7,6 +7,7 @@ are written as JSON null and read back as None.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,3 +75,8 @@ class RoundRecord(BaseModel):
     def accepted_no_update(self) -> bool:
         """True when no site's training update was accepted: the round trained nothing."""
         return not self.train.sites
+
+
+def last_evaluated(records: Sequence[RoundRecord]) -> RoundRecord | None:
+    """The latest round any site evaluated in: its numbers are the run's final result."""
+    return next((record for record in reversed(records) if record.evaluate.sites), None)

@@ -16,16 +16,11 @@ import numpy as np
 from hxr_model.atomic_files import write_text_atomic
 from server.decision_threshold import decision_threshold
 from server.differential_privacy import privacy_summary
-from server.round_record import RoundRecord
+from server.round_record import RoundRecord, last_evaluated
 from server.run_config import FederationConfig
 from server.run_store import RunStore, json_ready
 
 EVALUATION_KEYS = ("accuracy", "balanced-accuracy", "auc", "ece", "loss")
-
-
-def last_evaluated(records: Sequence[RoundRecord]) -> RoundRecord | None:
-    """The latest round any site evaluated in: its numbers are the run's final result."""
-    return next((record for record in reversed(records) if record.evaluate.sites), None)
 
 
 def _site_resources(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]:
