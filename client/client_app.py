@@ -1,4 +1,5 @@
-"""The clinic's Flower ClientApp: train, statistics and evaluate messages in, results out.
+"""The clinic's Flower ClientApp: train, statistics, evaluate and cross-site messages in,
+results out.
 
 `app` serves deployment (`flower-supernode --node-config 'site-config="site.toml"'`) and
 `flwr run .` simulations. `build_client_app` lets the in-process simulation say how a node finds
@@ -10,16 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import ERROR, INFO
-from typing import Any
+from typing import Any, TypeVar
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common.logger import log
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.disclosure import check_request
+from client.local_model import local_model_round
 from client.local_rounds import (
+    State,
     evaluate_round,
     finetune_round,
     prewarm_round,
@@ -33,13 +36,26 @@ from client.site_config import (
     site_from_node_config,
 )
 from client.site_data import SiteData, load_site_data
+from hxr_model.metrics import SCORE_BINS
 from protocol.arrays import from_record, to_record
-from protocol.instructions import RoundInstructions
-from protocol.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, SITE_KEY, STATISTICS_ACTION
+from protocol.instructions import CrossSiteInstructions, LocalModelInstructions, RoundInstructions
+from protocol.records import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    EVALUATE_MODEL_ACTION,
+    LOCAL_MODEL_ACTION,
+    METRICS_KEY,
+    SITE_KEY,
+    STATISTICS_ACTION,
+)
 from protocol.replies import Metrics, site_record
+from protocol.schedule import batchnorm_names
 
 SiteResolver = Callable[[Context], SiteConfig]
+# Context.state key of a clinic's own BatchNorm layers under FedBN (kept across rounds).
+LOCAL_BATCHNORM_KEY = "local-batchnorm"
 Handler = Callable[[Message, Context], Message]
+Instructions = TypeVar("Instructions", bound=RoundInstructions)
 
 
 class SiteFailure(RuntimeError):
@@ -99,15 +115,39 @@ class SimulatedSites:
 
 
 def _prepare(
-    message: Message, context: Context, resolve_site: SiteResolver
-) -> tuple[SiteConfig, RoundInstructions, SiteData]:
+    message: Message,
+    context: Context,
+    resolve_site: SiteResolver,
+    kind: type[Instructions] = RoundInstructions,
+) -> tuple[SiteConfig, Instructions, SiteData]:
+    """The site, the message's instructions (as `kind`) once the site's policy lets it answer
+    them, and its data."""
     site = resolve_site(context)
-    instructions = RoundInstructions.from_config(message.content[CONFIG_KEY])
-    check_request(
-        context, instructions, evaluation=message.metadata.message_type == MessageType.EVALUATE
-    )
+    instructions = kind.from_config(message.content[CONFIG_KEY])
+    check_request(context, site, instructions, message.metadata.message_type)
     data = load_site_data(site, instructions.class_names, instructions.image_size)
     return site, instructions, data
+
+
+def _local_batchnorm(context: Context, instructions: RoundInstructions) -> State:
+    """FedBN: the BatchNorm layers this clinic trained last (empty in its first round, and
+    when the run does not use FedBN)."""
+    kept = context.state.array_records.get(LOCAL_BATCHNORM_KEY)
+    return from_record(kept) if instructions.local_batchnorm and kept is not None else {}
+
+
+def with_local_batchnorm(state: State, context: Context, instructions: RoundInstructions) -> State:
+    """The server's weights, with this clinic's own BatchNorm layers in place of the global ones
+    where it has them (FedBN)."""
+    local = _local_batchnorm(context, instructions)
+    return {**state, **{name: array for name, array in local.items() if name in state}}
+
+
+def keep_local_batchnorm(update: State, context: Context, instructions: RoundInstructions) -> None:
+    if instructions.local_batchnorm:
+        kept = _local_batchnorm(context, instructions)
+        kept |= {name: update[name] for name in batchnorm_names(update)}
+        context.state[LOCAL_BATCHNORM_KEY] = to_record(kept)
 
 
 def _reply(message: Message, site: SiteConfig, metrics: Metrics, **records: Any) -> Message:
@@ -123,9 +163,12 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
     @app.train(mods=[clip_when_asked])
     def train(message: Message, context: Context) -> Message:
         site, instructions, data = _prepare(message, context, resolve_site)
-        state = from_record(message.content[ARRAYS_KEY])
+        state = with_local_batchnorm(
+            from_record(message.content[ARRAYS_KEY]), context, instructions
+        )
         run_round = prewarm_round if instructions.phase == "prewarm" else finetune_round
         update, metrics = run_round(state, instructions, site, data)
+        keep_local_batchnorm(update, context, instructions)
         log(
             INFO,
             "%s: %s round %d done on %d images in %.1f s (loss %.4f)",
@@ -149,9 +192,33 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
     def evaluate(message: Message, context: Context) -> Message:
         site, instructions, data = _prepare(message, context, resolve_site)
         metrics, samples = evaluate_round(
-            from_record(message.content[ARRAYS_KEY]), instructions, site, data
+            from_record(message.content[ARRAYS_KEY]),
+            instructions,
+            site,
+            data,
+            _local_batchnorm(context, instructions),
         )
         return _reply(message, site, metrics, **(samples.to_records() if samples else {}))
+
+    @app.query(LOCAL_MODEL_ACTION)
+    def local_model(message: Message, context: Context) -> Message:
+        site, instructions, data = _prepare(message, context, resolve_site, LocalModelInstructions)
+        weights, metrics = local_model_round(
+            from_record(message.content[ARRAYS_KEY]), instructions, site, data
+        )
+        log(INFO, "%s: local model trained on %d images", site.name, metrics.num_examples)
+        return _reply(message, site, metrics, **{ARRAYS_KEY: to_record(weights)})
+
+    @app.query(EVALUATE_MODEL_ACTION)
+    def evaluate_model(message: Message, context: Context) -> Message:
+        """Test metrics of a model the coordinator sends: its instructions ask for no Grad-CAM
+        and no personalisation, and no validation-score histogram leaves either."""
+        site, instructions, data = _prepare(message, context, resolve_site, CrossSiteInstructions)
+        metrics, _ = evaluate_round(
+            from_record(message.content[ARRAYS_KEY]), instructions, site, data
+        )
+        scores = metrics.model_copy(update={"val_score_histogram": [0] * 2 * SCORE_BINS})
+        return _reply(message, site, scores)
 
     return app
 

@@ -8,7 +8,12 @@ times a round) and collect a new set of `overlay` images every time. So:
 - within a run the image size is fixed by the run's first message, and the clinic answers at most
   the declared number of rounds plus a small margin (a resumed run may repeat one) of
   evaluations;
-- the number and side of Grad-CAM samples are capped by the site config.
+- the number and side of Grad-CAM samples are capped by the site config;
+- a model trained on the clinic's images alone leaves it only where the site config allows it
+  (`share_local_model`), once a run; and the cross-site round's evaluations of models the
+  coordinator sends, a separate budget, are at most the number of models that round declared
+  (at most 20 local models and the global one), so crafted models cannot probe the clinic's
+  test share without end.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import json
 import secrets
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, MessageType
 
 from client.site_config import SiteConfig
 from hxr_model.atomic_files import write_text_atomic
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.errors import ConfigError
-from protocol.instructions import RoundInstructions
+from protocol.instructions import CrossSiteInstructions, RoundInstructions
+from protocol.records import EVALUATE_MODEL_MESSAGE, LOCAL_MODEL_MESSAGE
 
 RUN_STATE_KEY = "hxr-disclosure"
 EVALUATION_MARGIN = 2
@@ -54,8 +60,32 @@ def split_seed(site: SiteConfig) -> int:
     return seed
 
 
-def check_request(context: Context, instructions: RoundInstructions, evaluation: bool) -> None:
-    """Refuse what the run did not declare at its start, and evaluations beyond its budget."""
+def _spend(state: ConfigRecord, key: str, budget: int, what: str) -> None:
+    """Count one more `key` in the run's state, refusing beyond `budget`."""
+    spent = int(state.get(key, 0))
+    if spent >= budget:
+        raise DisclosureRefused(f"this run has had its {budget} {what}")
+    state[key] = spent + 1
+
+
+def _declared_models(state: ConfigRecord, instructions: RoundInstructions) -> int:
+    """The cross-site round's model count, fixed by its first message in this run."""
+    if not isinstance(instructions, CrossSiteInstructions):
+        raise DisclosureRefused("a cross-site message without the cross-site instructions")
+    declared = int(state.setdefault("cross-site-models", instructions.cross_site_models))
+    if instructions.cross_site_models != declared:
+        raise DisclosureRefused(
+            f"this run's cross-site round declared {declared} models and now asks for "
+            f"{instructions.cross_site_models}"
+        )
+    return declared
+
+
+def check_request(
+    context: Context, site: SiteConfig, instructions: RoundInstructions, message_type: str
+) -> None:
+    """Refuse what the run did not declare at its start, what the site does not share, and
+    evaluations beyond the run's budgets."""
     state = context.state.config_records.get(RUN_STATE_KEY)
     if state is None:
         state = ConfigRecord(
@@ -71,11 +101,18 @@ def check_request(context: Context, instructions: RoundInstructions, evaluation:
             f"this run started at {state['image-size']} px and now asks for "
             f"{instructions.image_size} px"
         )
-    if evaluation:
-        budget = int(state["rounds"]) + EVALUATION_MARGIN
-        if int(state["evaluations"]) >= budget:
-            raise DisclosureRefused(f"this run has had its {budget} evaluations")
-        state["evaluations"] = int(state["evaluations"]) + 1
+    if message_type == MessageType.EVALUATE:
+        _spend(state, "evaluations", int(state["rounds"]) + EVALUATION_MARGIN, "evaluations")
+    elif message_type == LOCAL_MODEL_MESSAGE:
+        if not site.share_local_model:
+            raise DisclosureRefused(
+                f"site {site.name} does not share its local model (share_local_model = false)"
+            )
+        _declared_models(state, instructions)
+        _spend(state, "local-models", 1, "local model")
+    elif message_type == EVALUATE_MODEL_MESSAGE:
+        budget = _declared_models(state, instructions)
+        _spend(state, "cross-site-evaluations", budget, "cross-site evaluations")
 
 
 def sample_limits(site: SiteConfig, instructions: RoundInstructions) -> tuple[int, int]:

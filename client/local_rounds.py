@@ -40,7 +40,7 @@ from protocol.replies import (
     PrewarmMetrics,
     StatisticsMetrics,
 )
-from protocol.schedule import PROJECTION_PREFIX, is_statistic, phase_state
+from protocol.schedule import HEAD_PREFIX, PROJECTION_PREFIX, is_statistic, phase_state
 
 State = dict[str, np.ndarray]
 
@@ -115,22 +115,12 @@ def prewarm_round(
     return phase_state(federated_state(model, projection), "prewarm"), metrics
 
 
-def finetune_round(
-    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> tuple[State, FinetuneMetrics]:
-    """Supervised local training (with the FedProx term when the server asks for one)."""
-    model = _model(instructions)
-    load_into(model, state, "finetune")
-    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
-    config = TrainConfig(
-        **_loop_settings(instructions, site),
-        proximal_mu=instructions.proximal_mu,
-        absent_class_scale=instructions.absent_class_scale,
-    )
-    val = data.val if len(data.val) else None
-    result = train_classifier(model, data.train, val, config, reference_weights=reference)
+def finetune_metrics(
+    result: TrainResult, instructions: RoundInstructions, data: SiteData
+) -> FinetuneMetrics:
+    """A supervised round's reply: its loss, steps, resources and validation scores."""
     val_metrics = result.val_metrics or {}
-    metrics = FinetuneMetrics(
+    return FinetuneMetrics(
         num_examples=len(data.train),
         train_loss=float(result.history[-1]["train_loss"]) if result.history else math.nan,
         val_accuracy=_number(val_metrics.get("accuracy")),
@@ -142,9 +132,30 @@ def finetune_round(
             if val_metrics
             else [math.nan] * len(instructions.class_names)
         ),
+        local_steps=max(1, result.best_epoch)
+        * len(make_loader(data.train, result.batch_size, torch.Generator())),
         **_resources(result, data),
     )
-    return phase_state(float_state(model), "finetune"), metrics
+
+
+def finetune_round(
+    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+) -> tuple[State, FinetuneMetrics]:
+    """Supervised local training (with the FedProx term when the server asks for one)."""
+    model = _model(instructions)
+    load_into(model, state, "finetune")
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
+    batches = len(make_loader(data.train, instructions.batch_size, torch.Generator()))
+    epochs = max(instructions.local_epochs, math.ceil(instructions.min_local_steps / batches))
+    config = TrainConfig(
+        **_loop_settings(instructions, site) | {"epochs": epochs},
+        proximal_mu=instructions.proximal_mu,
+        absent_class_scale=instructions.absent_class_scale,
+        keep_best_epoch=instructions.keep_best_epoch,
+    )
+    val = data.val if len(data.val) else None
+    result = train_classifier(model, data.train, val, config, reference_weights=reference)
+    return phase_state(float_state(model), "finetune"), finetune_metrics(result, instructions, data)
 
 
 def statistics_round(
@@ -181,16 +192,55 @@ def _validation_scores(
     return score_histogram(labels, probabilities[:, 1])
 
 
+def personalised_model(
+    state: State,
+    local_batchnorm: State,
+    instructions: RoundInstructions,
+    site: SiteConfig,
+    data: SiteData,
+) -> RadiographClassifier | None:
+    """The clinic's own version of the global model, or None when the run asks for none.
+
+    FedBN: the global weights with this clinic's own BatchNorm layers. Personalisation (last
+    round only): then the head alone fine-tuned on the clinic's training images, the epoch picked
+    on its validation split; training mode also re-estimates BatchNorm statistics on them.
+    """
+    personalise = instructions.personalise_epochs > 0 and instructions.is_last_round
+    if not local_batchnorm and not personalise:
+        return None
+    model = _model(instructions)
+    load_into(model, {**state, **local_batchnorm}, "finetune")
+    if personalise:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(HEAD_PREFIX))
+        settings = _loop_settings(instructions, site) | {"epochs": instructions.personalise_epochs}
+        train_classifier(
+            model, data.train, data.val if len(data.val) else None, TrainConfig(**settings)
+        )
+    return model
+
+
 def evaluate_round(
-    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+    state: State,
+    instructions: RoundInstructions,
+    site: SiteConfig,
+    data: SiteData,
+    local_batchnorm: State | None = None,
 ) -> tuple[EvaluateMetrics, GradcamSamples | None]:
-    """Score the global model on local held-out images; Grad-CAM samples as the policy allows."""
+    """Score the global model (and the clinic's personalised one, where asked) on local held-out
+    images; Grad-CAM samples of the global model as the policy allows."""
     model = _model(instructions)
     load_into(model, state, "finetune")
     dataset = data.evaluation
-    metrics = evaluate_classifier(
-        model, dataset, batch_size=max(instructions.batch_size, 64), device=site.device
+    batch_size = max(instructions.batch_size, 64)
+    metrics = evaluate_classifier(model, dataset, batch_size=batch_size, device=site.device)
+    own = personalised_model(state, local_batchnorm or {}, instructions, site, data)
+    personal = (
+        evaluate_classifier(own, dataset, batch_size=batch_size, device=site.device)
+        if own is not None
+        else None
     )
+    undefined = [math.nan] * len(instructions.class_names)
     summary = EvaluateMetrics(
         num_examples=int(metrics["n"]),
         accuracy=float(metrics["accuracy"]),
@@ -201,6 +251,13 @@ def evaluate_round(
         per_class_recall=_per_class_recall(metrics, instructions.class_names),
         confusion_matrix=[int(v) for row in metrics["confusion_matrix"] for v in row],
         val_score_histogram=_validation_scores(model, data, instructions, site),
+        personalised_accuracy=float(personal["accuracy"]) if personal else math.nan,
+        personalised_balanced_accuracy=(
+            float(personal["balanced_accuracy"]) if personal else math.nan
+        ),
+        personalised_per_class_recall=(
+            _per_class_recall(personal, instructions.class_names) if personal else undefined
+        ),
     )
     samples = None
     per_class, side = sample_limits(site, instructions)

@@ -50,7 +50,9 @@ class SiteConfig(BaseModel):
 
     What the clinic discloses is the clinic's to fix, whatever its coordinator asks: the split
     of its images (`split_seed`, else drawn once and kept in `state_dir`), so the same images are
-    held out in every run, and the number and side of the Grad-CAM samples it shares.
+    held out in every run, the number and side of the Grad-CAM samples it shares, and whether a
+    model trained on its images alone may leave it (`share_local_model`, for the cross-site
+    matrix: a disclosure, see docs/security.md).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +69,8 @@ class SiteConfig(BaseModel):
     state_dir: Path | None = None
     gradcam_max_per_class: int = Field(2, ge=0, le=16)
     gradcam_max_side: int = Field(32, ge=8, le=128)
+    # A local model is fitted to this clinic's images only; sent out, every clinic scores it.
+    share_local_model: bool = False
 
 
 def validate_site_config(values: Mapping[str, Any], source: str) -> SiteConfig:

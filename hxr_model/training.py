@@ -60,6 +60,10 @@ class TrainConfig(LoopConfig):
     proximal_mu: float = Field(0.0, ge=0)
     # FedRS: below 1, the logits of classes absent from `train_set` are scaled by this factor.
     absent_class_scale: float = Field(1.0, ge=0, le=1)
+    # With a validation set, return the best epoch's weights (False: the last epoch's, as
+    # federated averaging assumes: a label-skewed clinic's validation split would otherwise
+    # keep its first epoch and cut its work short every round).
+    keep_best_epoch: bool = True
 
 
 @dataclass
@@ -249,7 +253,7 @@ def train_classifier(
     started = time.perf_counter()
     trainable = [p for p in model.parameters() if p.requires_grad]
     outcome = run_epochs(config, trainable, loader, device, batch_loss, end_of_epoch, name="epoch")
-    if best.state is not None:
+    if best.state is not None and config.keep_best_epoch:
         model.load_state_dict(best.state)
     threshold, val_metrics = None, None
     if has_val:
@@ -262,7 +266,7 @@ def train_classifier(
         )
     return TrainResult(
         history=history,
-        best_epoch=best.epoch if has_val else len(history),
+        best_epoch=best.epoch if has_val and config.keep_best_epoch else len(history),
         val_metrics=val_metrics,
         threshold=threshold,
         peak_memory_mb=outcome.peak_memory_mb,

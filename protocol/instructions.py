@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hxr_model.errors import ConfigError
 from protocol.records import PROTOCOL_VERSION
 from protocol.schedule import Phase
 
 MAX_ROUNDS = 10_000
+# Beyond this many clinics the cross-site matrix is sampled: 20 local models, not N.
+MAX_CROSS_SITE_CLINICS = 20
 
 
 def kebab(name: str) -> str:
@@ -49,6 +51,10 @@ class RoundInstructions(BaseModel):
     projection_dim: int = Field(ge=2, le=2048)
     proximal_mu: float = Field(ge=0)
     absent_class_scale: float = Field(ge=0, le=1)
+    local_batchnorm: bool
+    keep_best_epoch: bool
+    min_local_steps: int = Field(ge=0, le=100_000)
+    personalise_epochs: int = Field(ge=0, le=100)
     gradcam_per_class: int = Field(ge=0, le=16)
     gradcam_size: int = Field(ge=8, le=128)
 
@@ -56,7 +62,7 @@ class RoundInstructions(BaseModel):
         return self.model_dump(by_alias=True)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> RoundInstructions:
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         version = config.get(kebab("protocol_version"))
         if version != PROTOCOL_VERSION:
             raise ConfigError(
@@ -67,17 +73,57 @@ class RoundInstructions(BaseModel):
             return cls.model_validate(dict(config))
         except ValidationError as error:
             first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
+            field = ".".join(str(part) for part in first["loc"]) or "instructions"
             raise ConfigError(f"server instructions: invalid '{field}': {first['msg']}") from None
 
     @property
     def sample_side(self) -> int:
         return sample_side_for(self.gradcam_size, self.image_size)
 
+    @property
+    def is_last_round(self) -> bool:
+        return self.server_round == self.num_server_rounds
+
     def site_seed(self, site_name: str) -> int:
         """A seed fixed by (run seed, round, site): a resumed round trains exactly as before."""
         text = f"{self.seed}/{self.server_round}/{site_name}".encode()
         return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+
+
+class CrossSiteInstructions(RoundInstructions):
+    """A message of the cross-site round: the run's settings and how many models the round
+    will ask each clinic to score (its sampled clinics' local models plus the global one), which
+    bounds the clinic's cross-site evaluations. Metrics only: no Grad-CAM, no personalisation."""
+
+    cross_site_models: int = Field(ge=1, le=MAX_CROSS_SITE_CLINICS + 1)
+    gradcam_per_class: Literal[0]
+    personalise_epochs: Literal[0]
+
+
+class LocalModelInstructions(CrossSiteInstructions):
+    """Train a model on the clinic's own images alone, with the federation's budget: the same
+    passes over each image (SimCLR for the pre-warm rounds' epochs, then the fine-tuning
+    rounds' epochs), at the phases' first-round rates."""
+
+    prewarm_rounds: int = Field(ge=0, le=MAX_ROUNDS)
+    prewarm_epochs: int = Field(ge=1, le=100)
+    prewarm_learning_rate: float = Field(gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _leaves_a_finetuning_round(self) -> LocalModelInstructions:
+        if self.prewarm_rounds >= self.num_server_rounds:
+            raise ValueError("prewarm-rounds must be fewer than num-server-rounds")
+        return self
+
+    @property
+    def prewarm_budget(self) -> int:
+        """SimCLR epochs: what the pre-warm rounds ran in all."""
+        return self.prewarm_rounds * self.prewarm_epochs
+
+    @property
+    def finetune_budget(self) -> int:
+        """Fine-tuning epochs: what the fine-tuning rounds ran in all."""
+        return (self.num_server_rounds - self.prewarm_rounds) * self.local_epochs
 
 
 def sample_side_for(gradcam_size: int, image_size: int) -> int:

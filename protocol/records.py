@@ -28,3 +28,10 @@ WEIGHT_KEY = "num-examples"
 # BatchNorm re-estimation for the aggregated weights, between training and evaluation.
 STATISTICS_ACTION = "batchnorm_statistics"
 STATISTICS_MESSAGE = f"query.{STATISTICS_ACTION}"  # Flower message type: category.action
+
+# The opt-in cross-site round after the last federated round: a clinic trains a model on its own
+# images alone and returns it, then every sampled clinic scores each such model and the global one.
+LOCAL_MODEL_ACTION = "local_model"
+LOCAL_MODEL_MESSAGE = f"query.{LOCAL_MODEL_ACTION}"
+EVALUATE_MODEL_ACTION = "evaluate_model"
+EVALUATE_MODEL_MESSAGE = f"query.{EVALUATE_MODEL_ACTION}"

@@ -118,6 +118,8 @@ class FinetuneMetrics(ResourceMetrics):
     val_auc: Rate
     val_threshold: Rate
     per_class_recall: list[Rate]
+    # Optimiser steps behind the returned weights (those of the epoch it returns).
+    local_steps: int = Field(ge=1, le=MAX_EXAMPLES)
 
     _per_class_length = field_validator("per_class_recall")(_per_class)
 
@@ -140,8 +142,15 @@ class EvaluateMetrics(Metrics):
     # counts per score bin (negatives, then positives); zeros otherwise. Pooled by the server to
     # choose the federation's decision threshold without any image or per-image score.
     val_score_histogram: list[Count]
+    # The clinic's own version of the global model (its BatchNorm layers under FedBN, its head
+    # fine-tuned under personalisation) on the same split; NaN when the run asks for neither.
+    personalised_accuracy: Rate
+    personalised_balanced_accuracy: Rate
+    personalised_per_class_recall: list[Rate]
 
-    _per_class_length = field_validator("per_class_recall")(_per_class)
+    _per_class_length = field_validator("per_class_recall", "personalised_per_class_recall")(
+        _per_class
+    )
 
     @field_validator("val_score_histogram")
     @classmethod

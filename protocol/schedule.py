@@ -16,6 +16,8 @@ Phase = Literal["prewarm", "finetune"]
 PHASES: tuple[Phase, ...] = ("prewarm", "finetune")
 
 PROJECTION_PREFIX = "projection."
+# `RadiographClassifier.head`: its last layer holds one row per class.
+HEAD_PREFIX = "head."
 MEAN_SUFFIX = ".running_mean"
 VAR_SUFFIX = ".running_var"
 STATISTICS_SUFFIXES = (MEAN_SUFFIX, VAR_SUFFIX)
@@ -33,6 +35,14 @@ def is_exchanged(name: str, phase: Phase) -> bool:
 def is_statistic(name: str) -> bool:
     """BatchNorm running statistics: measurements of a site's images, not learned weights."""
     return name.endswith(STATISTICS_SUFFIXES)
+
+
+def batchnorm_names(state: Mapping[str, object]) -> set[str]:
+    """Every BatchNorm entry of a flat state: its statistics and, by the same layer name, its
+    affine weight and bias (what FedBN keeps at the clinic)."""
+    layers = {name.removesuffix(MEAN_SUFFIX) for name in state if name.endswith(MEAN_SUFFIX)}
+    candidates = {layer + suffix for layer in layers for suffix in (".weight", ".bias")}
+    return {name for name in state if is_statistic(name) or name in candidates}
 
 
 def phase_state(state: Mapping[str, Value], phase: Phase) -> dict[str, Value]:

@@ -24,6 +24,7 @@ from hxr_model.prewarm import ProjectionHead
 from protocol.arrays import to_record
 from protocol.gradcam_samples import GradcamSamples
 from protocol.model_state import federated_state, load_into
+from server.cross_site import cross_site_matrix
 from server.decision_threshold import decision_threshold
 from server.gallery import save_gallery
 from server.optimiser_state import OptimiserState
@@ -191,7 +192,8 @@ def _resume_point(config: FederationConfig, store: RunStore) -> ResumeState | No
 
 
 def run_federation(grid: Grid, config: FederationConfig, run_id: int) -> Path:
-    """Run (or continue) the configured rounds, then write the final model and reports."""
+    """Run (or continue) the configured rounds, then write the final model, the cross-site
+    matrix where the run config asks for it, and the reports."""
     store = RunStore(config.run_dir(run_id))
     with store.locked():
         _run(grid, config, store)
@@ -233,5 +235,9 @@ def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
         threshold=(decision_threshold(config.classes, records) or {}).get("threshold"),
         metadata={"federation": config.model_dump(mode="json"), "rounds": final.round},
     )
-    summary = write_summary(store, config, records)
+    extra = {}
+    if config.cross_site_local_models:
+        strategy.wait_for_nodes(grid)  # a resumed, completed run has not waited for them yet
+        extra["cross_site"] = cross_site_matrix(grid, config, final.arrays, initial_state(config))
+    summary = write_summary(store, config, records, extra)
     write_report(store, config, records, summary)

@@ -133,7 +133,7 @@ class PhasedStrategy(Strategy):
     def _instructions(self, current: int, phase: Phase) -> ConfigRecord:
         return ConfigRecord(self.config.round_instructions(current, phase).to_config())
 
-    def _wait_for_nodes(self, grid: Grid) -> None:
+    def wait_for_nodes(self, grid: Grid) -> None:
         """Flower sizes its sample from the nodes connected *now*; wait for the minimum first."""
         connected = len(list(grid.get_node_ids()))
         if connected < self.config.min_nodes:
@@ -150,7 +150,7 @@ class PhasedStrategy(Strategy):
         self.round_started = time.perf_counter()
         self.samples = {}
         self.record = RoundRecord(round=current, phase=phase)
-        self._wait_for_nodes(grid)
+        self.wait_for_nodes(grid)
         self.screen.note_registered_names(grid)
         # After the first round the strategy's own state is newer than `start`'s: it also holds
         # the re-estimated BatchNorm statistics.

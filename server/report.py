@@ -24,7 +24,7 @@ from server.report_template import REPORT_TEMPLATE
 from server.round_record import RoundRecord, last_evaluated
 from server.run_config import FederationConfig
 from server.run_store import RunStore
-from server.summary import EVALUATION_KEYS
+from server.summary import EVALUATION_KEYS, PERSONALISED_KEYS, is_defined
 
 
 def format_cell(value: Any) -> str:
@@ -120,12 +120,16 @@ def _confusion_plot(record: RoundRecord, class_names: Sequence[str]) -> str | No
     return _png(figure)
 
 
+def _accuracy(cell: Mapping[str, Any] | None) -> float:
+    """A matrix cell's accuracy; NaN where it is undefined or the cell has no result."""
+    value = (cell or {}).get("accuracy")
+    return np.nan if value is None else value
+
+
 def _cross_site_plot(cross_site: Mapping[str, Any]) -> str:
     """Accuracy of every model (rows) on every clinic's test share (columns), as a heat map."""
     shares, models = cross_site["shares"], cross_site["models"]
-    matrix = np.array(
-        [[np.nan if (v := models[m][s]["accuracy"]) is None else v for s in shares] for m in models]
-    )
+    matrix = np.array([[_accuracy(models[m].get(s)) for s in shares] for m in models])
     figure = Figure(figsize=(1.2 * len(shares) + 3, 0.5 * len(models) + 1.5), layout="constrained")
     axes = figure.add_subplot(1, 1, 1)
     image = axes.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto")
@@ -152,10 +156,23 @@ def _comparison(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
     rows += [
         _evaluation_row(f"{site} alone", scores) for site, scores in pooled["local-only"].items()
     ]
+    return {"images": pooled["num-examples"], "rows": rows}
+
+
+def _cross_site(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cross-site heat map: the deployment's cross-site round where it ran, else the
+    simulation's comparison; with the clinics the round sampled and its incidents."""
+    cross_site = summary.get("cross_site") or (summary.get("comparison") or {}).get("cross_site")
+    if not cross_site:
+        return None
     return {
-        "images": pooled["num-examples"],
-        "rows": rows,
-        "cross_site_png": _cross_site_plot(comparison["cross_site"]),
+        "png": _cross_site_plot(cross_site),
+        "shares": len(cross_site["shares"]),
+        "clinics": cross_site.get("clinics"),
+        "incidents": [
+            [incident["site"], incident["model"], incident["stage"], incident["reason"]]
+            for incident in cross_site.get("incidents", [])
+        ],
     }
 
 
@@ -203,8 +220,15 @@ def _privacy(privacy: Mapping[str, Any] | None) -> dict[str, str] | None:
     }
 
 
-def _evaluation_row(name: str, metrics: Mapping[str, Any]) -> list[Any]:
-    return [name, *(metrics.get(key) for key in EVALUATION_KEYS)]
+def _evaluation_keys(final: RoundRecord | None) -> tuple[str, ...]:
+    """The final table's columns: the personalised scores too where clinics reported them."""
+    sites = final.evaluate.sites.values() if final else []
+    personalised = any(is_defined(m.get(PERSONALISED_KEYS[0])) for m in sites)
+    return EVALUATION_KEYS + (PERSONALISED_KEYS if personalised else ())
+
+
+def _evaluation_row(name: str, metrics: Mapping[str, Any], keys: Sequence[str]) -> list[Any]:
+    return [name, *(metrics.get(key) for key in keys)]
 
 
 def write_report(
@@ -213,8 +237,10 @@ def write_report(
     records: Sequence[RoundRecord],
     summary: Mapping[str, Any],
 ) -> None:
-    """report.html: settings, final metrics, curves, confusion matrices, resources, gallery."""
+    """report.html: settings, final metrics, the cross-site matrix, curves, confusion
+    matrices, resources, gallery."""
     final = last_evaluated(records)
+    keys = _evaluation_keys(final)
     resources = summary["resources"]
     gallery_round = next((record for record in reversed(records) if record.gradcam), None)
     page = TEMPLATES.get_template("report.html").render(
@@ -227,21 +253,22 @@ def write_report(
             "classes": ", ".join(config.classes),
         },
         privacy=_privacy(summary.get("differential_privacy")),
-        evaluation_keys=EVALUATION_KEYS,
+        evaluation_keys=keys,
         final=None
         if final is None
         else {
             "round": final.round,
             "rows": [
-                _evaluation_row("federation", final.evaluate.aggregate),
+                _evaluation_row("federation", final.evaluate.aggregate, keys),
                 *(
-                    _evaluation_row(site, metrics)
+                    _evaluation_row(site, metrics, keys)
                     for site, metrics in sorted(final.evaluate.sites.items())
                 ),
             ],
             "confusion_png": _confusion_plot(final, config.classes),
         },
         comparison=_comparison(summary.get("comparison")),
+        cross_site=_cross_site(summary),
         worst=summary.get("worst_clinic"),
         threshold=summary.get("decision_threshold"),
         metrics_png=_metric_plot(records, config.prewarm_rounds),

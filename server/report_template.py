@@ -71,9 +71,17 @@ lowest recall of a class it holds: {{ worst.lowest_recall | fmt }}
 <h2>Global model on each site's test share (round {{ final.round }})</h2>
 {{ table(["site"] + evaluation_keys | list, final.rows) }}
 {% endif %}
-{% if comparison %}
+{% if cross_site %}
 <h2>Cross-site matrix: every model on every clinic's test share</h2>
-{{ png(comparison.cross_site_png, "accuracy of every model on every clinic's test share") }}
+{% if cross_site.clinics %}
+<p>{{ cross_site.shares }} of {{ cross_site.clinics }} clinic(s) in the matrix; each row "SITE
+alone" is a model trained on that clinic's images only, with the federation's budget, shared
+because its site config allows it.</p>
+{% endif %}
+{{ png(cross_site.png, "accuracy of every model on every clinic's test share") }}
+{% if cross_site.incidents %}
+{{ table(["site", "model", "stage", "reason"], cross_site.incidents) }}
+{% endif %}
 {% endif %}
 <h2>Metrics per site over rounds</h2>
 {{ png(metrics_png, "metrics per site over rounds") }}

@@ -95,6 +95,31 @@ class FederationSettings(BaseModel):
         description="weigh each clinic's update by its (capped) image count, or all alike, so "
         "a small clinic with its own disease keeps a voice",
     )
+    min_local_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="a clinic fine-tunes for more epochs than local-epochs where that takes "
+        "fewer optimiser steps than this, so a small clinic's update is not a few steps "
+        "against a large clinic's hundreds (0 = off)",
+    )
+    local_epoch_selection: Literal["best", "last"] = Field(
+        "best",
+        description="the weights a clinic returns: its best local epoch on its validation split, "
+        "or its last epoch (what FedAvg assumes; a one-class validation split keeps epoch 1)",
+    )
+    local_batchnorm: bool = Field(
+        False,
+        description="FedBN: each clinic keeps its own BatchNorm layers (weights and statistics) "
+        "across rounds; global_model.pt carries their average, for clinics outside the federation",
+    )
+    personalise_epochs: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="after the last round each clinic fine-tunes the global model's head for this "
+        "many epochs on its own images and reports global and personalised scores (0 = off)",
+    )
     examples_cap_factor: float = Field(
         4.0,
         ge=1,
@@ -114,6 +139,12 @@ class FederationSettings(BaseModel):
     )
     gradcam_size: int = Field(
         32, ge=8, le=128, description="Grad-CAM sample side in px (at most image-size / 2)"
+    )
+    cross_site_local_models: bool = Field(
+        False,
+        description="after the last round, up to 20 sampled clinics train a model on their own "
+        "images alone (same budget); each, and the global model, is scored on every sampled "
+        "clinic's test share; only clinics whose site config sets share_local_model share theirs",
     )
     round_timeout: float = Field(3600.0, gt=0, description="seconds a round waits for replies")
     data: str = Field(
@@ -165,6 +196,13 @@ class FederationSettings(BaseModel):
                 "query releases each site's BatchNorm statistics without noise"
             )
         self.recalibrate_statistics = False
+        return self
+
+    @model_validator(mode="after")
+    def _cross_site_fits(self) -> FederationSettings:
+        """A shared local model carries no noise: it would void the run's DP guarantee."""
+        if self.cross_site_local_models and self.dp_noise_multiplier > 0:
+            raise ValueError("cross-site-local-models cannot combine with dp-noise-multiplier > 0")
         return self
 
     def phase(self, server_round: int) -> Phase:
@@ -254,6 +292,10 @@ class FederationConfig(FederationSettings):
             projection_dim=self.projection_dim,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
             absent_class_scale=self.absent_class_scale,
+            local_batchnorm=self.local_batchnorm,
+            keep_best_epoch=self.local_epoch_selection == "best",
+            min_local_steps=self.min_local_steps,
+            personalise_epochs=self.personalise_epochs,
             gradcam_per_class=self.gradcam_per_class,
             gradcam_size=self.gradcam_size,
         )

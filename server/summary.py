@@ -21,6 +21,8 @@ from server.run_config import FederationConfig
 from server.run_store import RunStore, json_ready
 
 EVALUATION_KEYS = ("accuracy", "balanced-accuracy", "auc", "ece", "loss")
+# Reported where clinics personalise (FedBN, head fine-tuning); NaN otherwise.
+PERSONALISED_KEYS = ("personalised-accuracy", "personalised-balanced-accuracy")
 
 
 def _site_resources(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]:
@@ -55,7 +57,7 @@ def _site_resources(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]
 FLAG_MARGIN = 0.15
 
 
-def _defined(value: Any) -> bool:
+def is_defined(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
@@ -65,7 +67,7 @@ def worst_clinic(
     """The clinic whose own test share the global model serves worst, with its lowest recall
     of a class it holds; flagged when its accuracy lies more than FLAG_MARGIN below the other
     clinics' median (a small clinic with its own disease, drowned by the others)."""
-    scored = {site: m for site, m in sites.items() if _defined(m.get("accuracy"))}
+    scored = {site: m for site, m in sites.items() if is_defined(m.get("accuracy"))}
     if not scored:
         return None
     site = min(scored, key=lambda name: scored[name]["accuracy"])
@@ -74,7 +76,7 @@ def worst_clinic(
         for value, name in zip(
             scored[site].get("per-class-recall") or [], class_names, strict=False
         )
-        if _defined(value)
+        if is_defined(value)
     ]
     lowest, lowest_class = min(recalls) if recalls else (None, None)
     others = [m["accuracy"] for name, m in scored.items() if name != site]

@@ -18,21 +18,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
+from client.local_model import train_alone
 from client.site_data import FederationLabels, SiteData, load_site_data
 from hxr_model.data import DataSplits
 from hxr_model.errors import ConfigError
 from hxr_model.metrics import score_histogram, threshold_choice
 from hxr_model.models import RadiographClassifier, build_model
-from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
+from hxr_model.prewarm import PrewarmConfig
 from hxr_model.training import (
     LabelledDataset,
     TrainConfig,
     evaluate_classifier,
     predict_probabilities,
-    train_classifier,
 )
+from server.cross_site import FEDERATED, local_name, sampled_clinics
 from server.decision_threshold import decision_threshold
 from server.federation import classifier_from
 from server.report import write_report
@@ -45,45 +46,33 @@ from simulations.federation import (
     simulated_sites,
 )
 
-MAX_COMPARED = 20
-FEDERATED = "federated"
 CENTRALIZED = "centralized"
 
 
 def train_baseline(
     train: LabelledDataset, val: LabelledDataset | None, settings: SimulationSettings
 ) -> RadiographClassifier:
-    """Pre-warm then fine-tune one model on `train` with the federation's total epochs."""
+    """One model on `train` alone with the federation's budget, trained as a clinic trains
+    its local-only model for the deployment's cross-site round (`client.local_model`)."""
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, len(train.class_names))
-    prewarm_epochs = settings.prewarm_rounds * settings.prewarm_epochs
-    if prewarm_epochs:
-        images: Dataset = ConcatDataset([train, val]) if val is not None and len(val) else train
-        prewarm_encoder(
-            model,
-            images,
-            PrewarmConfig(
-                epochs=prewarm_epochs,
-                batch_size=settings.batch_size,
-                seed=settings.seed,
-                device=settings.device,
-                progress=False,
-            ),
-        )
-    train_classifier(
-        model,
-        train,
-        val if val is not None and len(val) else None,
-        TrainConfig(
-            epochs=(settings.num_server_rounds - settings.prewarm_rounds) * settings.local_epochs,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            optimizer=settings.local_optimizer,
-            seed=settings.seed,
-            device=settings.device,
-            progress=False,
-        ),
+    common = {"seed": settings.seed, "device": settings.device, "progress": False}
+    prewarm = PrewarmConfig(
+        epochs=settings.prewarm_rounds * settings.prewarm_epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.prewarm_learning_rate,
+        temperature=settings.temperature,
+        projection_dim=settings.projection_dim,
+        **common,
     )
+    finetune = TrainConfig(
+        epochs=(settings.num_server_rounds - settings.prewarm_rounds) * settings.local_epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        optimizer=settings.local_optimizer,
+        **common,
+    )
+    train_alone(model, train, val, prewarm, finetune)
     return model
 
 
@@ -152,7 +141,7 @@ def compare_models(
         raise ConfigError("the simulation has no pooled test split to compare models on")
     clinics = simulated_sites(settings)
     sites: dict[str, SiteData] = {}
-    for index in compared_clinics(settings.sites, settings.seed):
+    for index in sampled_clinics(settings.sites, settings.seed):
         site = clinics.site(index, settings.sites)
         sites[site.name] = load_site_data(site, class_names, settings.image_size)
     identity = np.arange(len(class_names))
@@ -192,20 +181,6 @@ def compare_models(
         },
         "cross_site": {"shares": shares, "models": matrix},
     }
-
-
-def compared_clinics(num_sites: int, seed: int) -> list[int]:
-    """The clinics trained alone and in the cross-site matrix: all of them up to MAX_COMPARED,
-    beyond that a seeded sample, so a 1,000-clinic study costs 20 local models, not 1,000, and
-    its matrix stays 20 x 20."""
-    if num_sites <= MAX_COMPARED:
-        return list(range(num_sites))
-    rng = np.random.default_rng(seed)
-    return sorted(int(k) for k in rng.choice(num_sites, MAX_COMPARED, replace=False))
-
-
-def local_name(site: str) -> str:
-    return f"{site} alone"
 
 
 def add_comparison(

@@ -106,3 +106,15 @@ def test_site_labels_are_reindexed_into_the_federation_order() -> None:
     assert mapping.tolist() == [1, 0]
     with pytest.raises(ConfigError, match="class 'opacity' is not one of the federation"):
         label_mapping("north", ["opacity"], ["normal", "pneumonia"])
+
+
+def test_a_small_clinic_trains_more_epochs_to_reach_the_minimum_local_steps(global_state) -> None:
+    sent = phase_state(global_state, "finetune")
+    data = data_of(site())
+    batches = -(-len(data.train) // 16)  # batch size 16, no partial batch of one image here
+    plain = instructions("finetune")
+    _, metrics = finetune_round(sent, plain, site(), data)
+    assert metrics.local_steps <= batches  # one local epoch, its best (or last) epoch's steps
+    more = plain.model_copy(update={"min_local_steps": 3 * batches, "keep_best_epoch": False})
+    _, metrics = finetune_round(sent, more, site(), data)
+    assert metrics.local_steps == 3 * batches

@@ -19,7 +19,7 @@ from protocol.replies import (
 def evaluate_metrics(**changes) -> dict:
     values = {key: 0.5 for key in EvaluateMetrics.names()}
     values |= {"num-examples": 10, "per-class-recall": [0.5, 0.5], "confusion-matrix": [1] * 4}
-    values |= {"val-score-histogram": [0] * 40}
+    values |= {"val-score-histogram": [0] * 40, "personalised-per-class-recall": [0.5, 0.5]}
     return values | changes
 
 
@@ -31,6 +31,7 @@ def test_well_formed_metrics_pass_and_undefined_values_may_be_nan() -> None:
 def test_metrics_travel_under_their_kebab_case_names_and_come_back_equal() -> None:
     values = {key: 0.25 for key in FinetuneMetrics.names()}
     values |= {"num-examples": 7, "skipped-files": 0, "per-class-recall": [0.5, math.nan]}
+    values |= {"local-steps": 2}
     metrics = FinetuneMetrics.parse(values, num_classes=2)
     record = metrics.to_record()
     assert set(record) == set(FinetuneMetrics.names()) and record["val-auc"] == 0.25

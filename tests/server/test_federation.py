@@ -68,6 +68,7 @@ def hostile_app(name: str, corrupt) -> ClientApp:
         phase = message.content[CONFIG_KEY]["phase"]
         metrics = {key: 0.5 for key in TRAIN_METRICS[phase].names()} | {"num-examples": 1000}
         metrics |= {"per-class-recall": [0.5] * 6, "skipped-files": 0}
+        metrics |= {"local-steps": 10}
         arrays = {k: corrupt(v) for k, v in from_record(message.content[ARRAYS_KEY]).items()}
         record = ArrayRecord(
             {k: a if isinstance(a, Array) else Array(a) for k, a in arrays.items()}

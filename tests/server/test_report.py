@@ -167,3 +167,19 @@ def test_report_renders_in_headless_chromium(run, tmp_path: Path) -> None:
     rendered = re.search(r'data-rendered="(\d+)/(\d+)"', result.stdout)
     assert rendered, f"chromium produced no DOM: {result.stderr[-500:]}"
     assert rendered.group(1) == rendered.group(2) == "5"
+
+
+def test_personalised_scores_get_columns_only_where_clinics_report_them(tmp_path: Path) -> None:
+    config = FederationConfig(
+        classes=CLASSES, num_server_rounds=1, prewarm_rounds=0, out_dir=str(tmp_path / "r")
+    )
+    store = RunStore(tmp_path / "r")
+    plain = record(1, "finetune")
+    RoundCommitter(config, store).record_round(plain, {})
+    assert "personalised-accuracy" not in write_both(store, config)
+    personal = record(1, "finetune")
+    personal.evaluate.sites["north"] |= {"personalised-accuracy": 0.625}
+    shutil.rmtree(store.run_dir)
+    RoundCommitter(config, RunStore(tmp_path / "r")).record_round(personal, {})
+    page = write_both(RunStore(tmp_path / "r"), config)
+    assert "personalised-accuracy" in page and "0.625" in page

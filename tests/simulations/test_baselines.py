@@ -12,14 +12,9 @@ from torch import nn
 
 from client.site_data import load_site_data
 from hxr_model.data.phantoms import PHANTOM_CLASSES
-from simulations.baselines import (
-    FEDERATED,
-    MAX_COMPARED,
-    compare_models,
-    compared_clinics,
-    local_summary,
-    scores,
-)
+from protocol.instructions import MAX_CROSS_SITE_CLINICS
+from server.cross_site import FEDERATED, sampled_clinics
+from simulations.baselines import compare_models, local_summary, scores
 from simulations.federation import SimulationSettings, load_settings_splits, simulated_sites
 
 # The federation's budget, which each comparison model trains with: a pre-warm round, then a
@@ -158,8 +153,8 @@ def test_scores_report_recall_only_for_classes_present(tmp_path) -> None:
 
 
 def test_beyond_twenty_clinics_the_comparison_is_a_seeded_sample() -> None:
-    assert compared_clinics(5, seed=0) == [0, 1, 2, 3, 4]
-    sample = compared_clinics(300, seed=0)
-    assert len(sample) == MAX_COMPARED == len(set(sample)) and sample == sorted(sample)
-    assert sample == compared_clinics(300, seed=0) != compared_clinics(300, seed=1)
+    assert sampled_clinics(5, seed=0) == [0, 1, 2, 3, 4]
+    sample = sampled_clinics(300, seed=0)
+    assert len(sample) == MAX_CROSS_SITE_CLINICS == len(set(sample)) and sample == sorted(sample)
+    assert sample == sampled_clinics(300, seed=0) != sampled_clinics(300, seed=1)
     assert all(0 <= k < 300 for k in sample)
