@@ -19,6 +19,7 @@ from client.disclosure import sample_limits
 from client.gradcam_samples import gradcam_samples
 from client.site_config import SiteConfig
 from client.site_data import SiteData
+from hxr_model.gradcam import score_localisation
 from hxr_model.metrics import SCORE_BINS, score_histogram
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, PrewarmResult, ProjectionHead, prewarm_encoder
@@ -43,6 +44,8 @@ from protocol.replies import (
 from protocol.schedule import HEAD_PREFIX, PROJECTION_PREFIX, is_statistic, phase_state
 
 State = dict[str, np.ndarray]
+# Heat maps scored against lesion masks per evaluation: enough for a rate, bounded in cost.
+LOCALISATION_IMAGES = 64
 
 
 def _number(value: float | None) -> float:
@@ -228,7 +231,8 @@ def evaluate_round(
     local_batchnorm: State | None = None,
 ) -> tuple[EvaluateMetrics, GradcamSamples | None]:
     """Score the global model (and the clinic's personalised one, where asked) on local held-out
-    images; Grad-CAM samples of the global model as the policy allows."""
+    images, and its heat maps against lesion masks where those are known; Grad-CAM samples of
+    the global model as the policy allows."""
     model = _model(instructions)
     load_into(model, state, "finetune")
     dataset = data.evaluation
@@ -241,6 +245,9 @@ def evaluate_round(
         else None
     )
     undefined = [math.nan] * len(instructions.class_names)
+    lesions = score_localisation(
+        model, dataset, dataset.dataset.masks, batch_size=batch_size, limit=LOCALISATION_IMAGES
+    )
     summary = EvaluateMetrics(
         num_examples=int(metrics["n"]),
         accuracy=float(metrics["accuracy"]),
@@ -258,6 +265,10 @@ def evaluate_round(
         personalised_per_class_recall=(
             _per_class_recall(personal, instructions.class_names) if personal else undefined
         ),
+        localisation_images=lesions.images if lesions else 0,
+        pointing_game=lesions.pointing_game if lesions else math.nan,
+        energy_in_mask=lesions.energy_inside if lesions else math.nan,
+        mask_area=lesions.mask_area if lesions else math.nan,
     )
     samples = None
     per_class, side = sample_limits(site, instructions)

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 from client.disclosure import split_seed
 from client.site_config import SiteConfig
 from hxr_model.data import RadiographDataset, load_splits, partition
-from hxr_model.errors import ConfigError
+from hxr_model.errors import ConfigError, DataError
+from hxr_model.metrics import model_class_indices
 
 
 class FederationLabels(Dataset):
@@ -56,15 +57,11 @@ class SiteData:
 def label_mapping(
     site_name: str, local_names: Sequence[str], class_names: Sequence[str]
 ) -> np.ndarray:
-    """Index array: site class id -> federation class id."""
-    positions = {name: index for index, name in enumerate(class_names)}
-    unknown = [name for name in local_names if name not in positions]
-    if unknown:
-        raise ConfigError(
-            f"site {site_name}: class {unknown[0]!r} is not one of the federation's classes "
-            f"({', '.join(class_names)}); map it with 'label_map'"
-        )
-    return np.asarray([positions[name] for name in local_names], dtype=np.int64)
+    """Index array: site class id -> federation class id (matched by name)."""
+    try:
+        return model_class_indices(local_names, class_names)
+    except DataError as error:
+        raise ConfigError(f"site {site_name}: {error}; map them with 'label_map'") from None
 
 
 def _site_part(dataset: RadiographDataset, site: SiteConfig) -> RadiographDataset:

@@ -1,9 +1,10 @@
 """The frontier's run matrix: which configurations run, and one run of each kind.
 
 Centralized configurations: HXR-50/100/150 x {scratch, pre-warmed, distilled from ResNet-18},
-MobileNetV2 and ResNet-18 from scratch, with the same epochs and seed. The ResNet-18 row is also
-the teacher of every distilled row, trained once per dataset and kept in `teachers/`; a
-distilled row's time includes the teacher's, as a user without a teacher would pay.
+MobileNetV2, MobileNetV3-Small/Large and ResNet-18 from scratch, with the same epochs and seed.
+The ResNet-18 row is also the teacher of every distilled row, trained once per dataset and kept
+in `teachers/`; a distilled row's time includes the teacher's, as a user without a teacher
+would pay.
 
 Federated configuration: HXR-150 pre-warmed over 5 virtual clinics (Dirichlet 0.5), with the
 same clinics alone (local-only) and one model on all of them with the federation's budget, via
@@ -27,7 +28,7 @@ from hxr_model.recipe import fit
 from hxr_model.training import TrainConfig
 
 HXR_MODELS = ("hxr50", "hxr100", "hxr150")
-BASELINES = ("mobilenet_v2", "resnet18")
+BASELINES = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet18")
 VARIANTS = ("scratch", "prewarmed", "distilled")
 TEACHER = "resnet18"
 CENTRALIZED = "centralized"

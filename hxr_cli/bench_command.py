@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "are reported; peak training memory is measured in a fresh process per model and trial.",
     )
     bench.add_argument(
+        "--phase",
+        default="finetune",
+        help="training phases to measure, comma-separated: finetune (throughput and peak memory "
+        "at --batch-size) and/or prewarm (peak memory of SimCLR pre-warming) (default finetune)",
+    )
+    bench.add_argument(
         "--models",
         default="hxr150,mobilenet_v2",
         help=f"comma-separated, from: {', '.join(model_names())} (default hxr150,mobilenet_v2)",
@@ -45,6 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--latency-runs", type=int, default=30, help="batch-1 runs per trial (default 30)"
     )
+    bench.add_argument(
+        "--prewarm-batch-size",
+        type=int,
+        default=256,
+        help="image pairs per contrastive batch when pre-warming (default 256)",
+    )
+    bench.add_argument(
+        "--max-memory-mb",
+        type=float,
+        default=None,
+        help="pre-warming's memory budget, which picks how many pairs go through the network "
+        "at once, as in hxr train (default: none, the whole batch at once: GBs at 224 px)",
+    )
     bench.add_argument("--json", action="store_true", help="print a JSON list, one object a model")
     bench.set_defaults(handler=run_bench)
 
@@ -56,7 +75,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
-        models=[name.strip() for name in args.models.split(",") if name.strip()],
+        models=_names(args.models),
         resolution=args.resolution,
         batch_size=args.batch_size,
         device=args.device,
@@ -65,6 +84,9 @@ def run_bench(args: argparse.Namespace) -> int:
         trials=args.trials,
         train_steps=args.train_steps,
         latency_runs=args.latency_runs,
+        phases=_names(args.phase),
+        prewarm_batch_size=args.prewarm_batch_size,
+        max_memory_mb=args.max_memory_mb,
     )
     results = run_benchmark(config, on_progress=lambda message: print(message, file=sys.stderr))
     if args.json:
@@ -72,3 +94,7 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print(format_results(results))
     return 0
+
+
+def _names(option: str) -> list[str]:
+    return [name.strip() for name in option.split(",") if name.strip()]

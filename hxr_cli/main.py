@@ -15,6 +15,7 @@ from hxr_model.errors import HXRError, describe_validation_error
 # Each module defines `register(subparsers)` and sets `handler` on the parsers it adds.
 COMMAND_MODULES = (
     "hxr_cli.model_commands",
+    "hxr_cli.export_command",
     "hxr_cli.data_commands",
     "hxr_cli.federation_commands",
     "hxr_cli.bench_command",

@@ -5,29 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, Protocol, TypeVar, get_args
 
 import numpy as np
 import torch
 
 from hxr_cli.data_commands import add_reading_arguments, load_data
-from hxr_model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from hxr_model.checkpoint import load_checkpoint, save_checkpoint
 from hxr_model.data import DataSplits, RadiographDataset
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.decoding import decode_image_bytes
 from hxr_model.data.refs import default_image_size
 from hxr_model.data.resizing import to_square
 from hxr_model.distill import DistillConfig
-from hxr_model.errors import DataError, HXRError
+from hxr_model.errors import ConfigError, DataError, HXRError
 from hxr_model.gradcam import gradcam, save_overlay_png
+from hxr_model.metrics import classification_metrics, model_class_indices
 from hxr_model.metrics import predict as predict_classes
-from hxr_model.models import model_names
+from hxr_model.models import RadiographClassifier, model_names
+from hxr_model.onnx_model import load_onnx
 from hxr_model.prewarm import PrewarmConfig
 from hxr_model.recipe import fit
 from hxr_model.runtime import resolve_device
 from hxr_model.text_table import format_table
-from hxr_model.training import Imbalance, Monitor, TrainConfig, evaluate_classifier
+from hxr_model.training import Imbalance, Monitor, TrainConfig, predict_probabilities
 from hxr_model.training_loop import LoopConfig
 
 DEFAULT_DATA = "synthetic:1200"
@@ -111,8 +114,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=run_evaluate)
 
-    predict = subparsers.add_parser("predict", help="classify image files with a checkpoint")
-    predict.add_argument("--checkpoint", type=Path, required=True)
+    predict = subparsers.add_parser(
+        "predict", help="classify image files with a checkpoint or an exported ONNX file"
+    )
+    model = predict.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="a model.pt, run with PyTorch")
+    model.add_argument(
+        "--onnx",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="an `hxr export` file, run with ONNX Runtime (the onnx extra)",
+    )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--gradcam", type=Path, default=None, metavar="OUTDIR")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -219,63 +231,121 @@ def run_evaluate(args: argparse.Namespace) -> int:
     args.resize = args.resize or trained_with.get("resize", "pad")
     args.labels = args.labels or trained_with.get("label_map")
     splits = load_data(args, checkpoint.image_size)
-    if splits.class_names != checkpoint.class_names:
-        raise DataError(
-            f"{args.data} has classes {splits.class_names} but {args.checkpoint} was trained on "
-            f"{checkpoint.class_names}"
-        )
+    # A clinic may hold any of the model's classes (matched by name); an unknown one is refused
+    # before a single image is scored.
+    try:
+        to_model_class = model_class_indices(splits.class_names, checkpoint.class_names)
+    except DataError as error:
+        raise DataError(f"{args.data}: {error}") from None
     dataset = pick_split(splits, args.split, args.data)
-    metrics = evaluate_classifier(
-        checkpoint.model, dataset, device=args.device, threshold=checkpoint.threshold
+    labels, probabilities = predict_probabilities(checkpoint.model, dataset, device=args.device)
+    metrics = classification_metrics(
+        to_model_class[labels], probabilities, checkpoint.class_names, checkpoint.threshold
     )
     metrics["skipped_files"] = len(splits.skipped)
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(describe_validation(metrics).replace("validation", args.split, 1))
-        print("confusion matrix (rows: true class, columns: predicted class):")
-        names = checkpoint.class_names
-        rows = [[name, *row] for name, row in zip(names, metrics["confusion_matrix"], strict=True)]
-        print(format_table(["", *names], rows))
+        print(describe_evaluation(metrics, args.split))
     return 0
 
 
-def read_image(path: Path, checkpoint: LoadedCheckpoint) -> np.ndarray:
+PER_CLASS_FIGURES = ("recall", "precision", "f1", "auc")
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def describe_evaluation(metrics: dict[str, Any], split: str) -> str:
+    """The headline, a per-class table and the confusion matrix of the classes present; values
+    the data leave undefined read n/a, never NaN."""
+    names = list(metrics["per_class"])
+    present = metrics["classes_present"]
+    lines = [describe_validation(metrics).replace("validation", split, 1)]
+    if len(present) < len(names):
+        lines.append(
+            f"classes present: {', '.join(present)} ({len(present)} of the model's "
+            f"{len(names)}; averages run over these)"
+        )
+    rows = [
+        [name, entry["support"], *(_figure(entry[key]) for key in PER_CLASS_FIGURES)]
+        for name, entry in metrics["per_class"].items()
+    ]
+    lines.append(format_table(["", "images", "recall", "precision", "F1", "AUC"], rows))
+    if metrics["undefined"]:
+        lines.append(
+            "n/a: undefined on these images (recall, F1, AUC need images of the class, AUC "
+            "of another class too, precision a prediction of it)"
+        )
+    lines.append("confusion matrix (rows: true class, columns: predicted class):")
+    matrix = [
+        [name, *row]
+        for name, row in zip(names, metrics["confusion_matrix"], strict=True)
+        if name in present
+    ]
+    lines.append(format_table(["", *names], matrix))
+    return "\n".join(lines)
+
+
+class Classifier(Protocol):
+    """What `hxr predict` needs of a model, from a checkpoint or an exported ONNX file."""
+
+    class_names: list[str]
+    image_size: int
+    threshold: float | None
+
+
+def read_image(path: Path, image_size: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
         image = decode_image_bytes(path.read_bytes(), path.name)
     except DataError as error:
         raise DataError(f"{path}: {error}") from None
-    return to_square(image, checkpoint.image_size)
+    return to_square(image, image_size)
+
+
+def torch_probabilities(model: RadiographClassifier, images: np.ndarray) -> np.ndarray:
+    """Softmax outputs [N, C] of a PyTorch model for float images [N, 1, S, S] in [0, 1]."""
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = checkpoint.model.eval()
+    classifier: Classifier
+    model: RadiographClassifier | None = None
+    if args.onnx is not None:
+        if args.gradcam is not None:
+            raise ConfigError("--gradcam needs the PyTorch model: use --checkpoint, not --onnx")
+        exported = load_onnx(args.onnx)
+        classifier, probabilities_of = exported, exported.probabilities
+    else:
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = checkpoint.model.eval()
+        classifier, probabilities_of = checkpoint, partial(torch_probabilities, model)
     failures = 0
     for path in args.images:
         try:
-            image = read_image(path, checkpoint)
+            image = read_image(path, classifier.image_size)
         except HXRError as error:
             print(f"hxr: error: {error}", file=sys.stderr)
             failures += 1
             continue
-        batch = torch.from_numpy(image).float().div(255).view(1, 1, *image.shape)
-        with torch.inference_mode():
-            probabilities = torch.softmax(model(batch), dim=1)[0].numpy()
+        pixels = (image.astype(np.float32) / 255).reshape(1, 1, *image.shape)
+        probabilities = probabilities_of(pixels)[0]
         # Binary models decide with the validation-chosen threshold stored with them.
-        threshold = 0.5 if checkpoint.threshold is None else checkpoint.threshold
+        threshold = 0.5 if classifier.threshold is None else classifier.threshold
         predicted = int(predict_classes(probabilities[None], threshold)[0])
         result = {
             "image": str(path),
-            "class": checkpoint.class_names[predicted],
+            "class": classifier.class_names[predicted],
             "probabilities": dict(
-                zip(checkpoint.class_names, map(float, probabilities), strict=True)
+                zip(classifier.class_names, map(float, probabilities), strict=True)
             ),
         }
-        if args.gradcam is not None:
-            heatmap = gradcam(model, batch, [predicted])[0]
+        if model is not None and args.gradcam is not None:
+            heatmap = gradcam(model, torch.from_numpy(pixels), [predicted])[0]
             overlay = args.gradcam / f"{path.stem}_gradcam.png"
             save_overlay_png(overlay, image, heatmap)
             result["gradcam"] = str(overlay)

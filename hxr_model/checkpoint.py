@@ -1,10 +1,10 @@
 """One-file model checkpoints that are safe to load from an untrusted source.
 
 A checkpoint holds a format marker, the weights, everything needed to rebuild the model (name,
-classes, dropout, normalisation, input size, decision threshold) and JSON metadata. Loading uses
-`torch.load(weights_only=True)`, which only rebuilds tensors and plain containers, so a file crafted
-to run code when unpickled is refused before anything in it runs. Writes are atomic
-(`hxr_model.atomic_files`), so a crash never leaves half a checkpoint.
+classes, dropout, intensity standardisation, normalisation, input size, decision threshold) and
+JSON metadata. Loading uses `torch.load(weights_only=True)`, which only rebuilds tensors and plain
+containers, so a file crafted to run code when unpickled is refused before anything in it runs.
+Writes are atomic (`hxr_model.atomic_files`), so a crash never leaves half a checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hxr_model.atomic_files import write_atomic
 from hxr_model.errors import CheckpointError, describe_validation_error
 from hxr_model.models import RadiographClassifier, build_model, check_model_name
+from hxr_model.standardisation import IntensityStandardisation, StandardisationConfig
 
 FORMAT = "hybridnet-xr-checkpoint"
 VERSION = 1
@@ -42,6 +43,9 @@ class ModelConfig(BaseModel):
     class_names: list[str]
     image_size: int = Field(ge=1)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # None (also what checkpoints written before standardisation existed read as): images reach
+    # the normalisation unchanged, so those models keep their outputs.
+    standardisation: StandardisationConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -87,6 +91,7 @@ def save_checkpoint(
         class_names=list(class_names),
         image_size=image_size,
         threshold=threshold,
+        standardisation=model.standardize.config,
     )
     payload = {
         "format": FORMAT,
@@ -171,6 +176,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> LoadedChe
         mean=config.mean,
         std=config.std,
     )
+    model.standardize = IntensityStandardisation(config.standardisation)
     state = payload.get("state_dict")
     _check_weights(path, model, state)
     model.load_state_dict(state)

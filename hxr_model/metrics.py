@@ -1,9 +1,10 @@
 """Evaluation metrics and measured peak memory, as plain JSON-ready numbers.
 
 Scores come from scikit-learn; this module only decides the conventions a clinical report needs:
-class 1 is the positive class of a binary task, undefined quantities (AUC with a class missing,
-sensitivity without positives) are `None` instead of an exception or NaN, and the 0.5 rule and a
-validation-chosen threshold are reported side by side.
+class 1 is the positive class of a binary task, data classes meet model classes by name (a clinic
+may hold only some of them), undefined quantities (recall of a class without images, AUC with a
+single class, sensitivity without positives) are `None` with the reason named instead of an
+exception or NaN, and the 0.5 rule and a validation-chosen threshold are reported side by side.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from hxr_model.errors import DataError
 
 ECE_BINS = 15
 POSITIVE_CLASS = 1
+# Binary rates: the first needs images of the positive class, the second of the negative one.
+RATE_KEYS = ("sensitivity", "specificity")
 _MIB = 1024 * 1024
 
 
@@ -95,6 +98,48 @@ def expected_calibration_error(
     return float(gap / labels.size)
 
 
+def model_class_indices(
+    data_class_names: Sequence[str], model_class_names: Sequence[str]
+) -> np.ndarray:
+    """Index array: data class id -> model class id, matched by name.
+
+    A clinic's data may hold any subset of the model's classes, in any order; a class the model
+    does not know cannot be scored, so it is refused by name.
+    """
+    positions = {name: index for index, name in enumerate(model_class_names)}
+    unknown = [name for name in data_class_names if name not in positions]
+    if unknown:
+        raise DataError(
+            f"the data hold class(es) {', '.join(map(repr, unknown))} that the model does not "
+            f"know (its classes: {', '.join(model_class_names)})"
+        )
+    return np.asarray([positions[name] for name in data_class_names], dtype=np.int64)
+
+
+def metrics_by_class_name(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    data_class_names: Sequence[str],
+    model_class_names: Sequence[str],
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """`classification_metrics` for `labels` that index `data_class_names`, a subset of the
+    model's classes: the labels are re-indexed by name, the model's full output is scored."""
+    mapping = model_class_indices(data_class_names, model_class_names)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= mapping.size):
+        raise ValueError(f"labels must lie in 0..{mapping.size - 1}")
+    return classification_metrics(mapping[labels], probabilities, model_class_names, threshold)
+
+
+def _why_undefined(key: str, class_name: str, present: bool) -> str:
+    """Why a per-class value has no number: precision needs predictions of the class, recall,
+    F1 and AUC need images of it, and AUC needs images of another class too."""
+    if key == "precision":
+        return f"no image was predicted {class_name}"
+    return f"every image is {class_name}" if present else f"no {class_name} images"
+
+
 def classification_metrics(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -103,9 +148,12 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """All reported metrics for one split; every value is a JSON type (float, int, list, None).
 
-    `probabilities` is [N, C] (softmax outputs); `loss` is their mean cross-entropy. Binary tasks
-    add sensitivity and specificity at 0.5 and, when `threshold` is given, the same at that
-    threshold.
+    `probabilities` is [N, C] (softmax outputs); `loss` is their mean cross-entropy. A split may
+    lack some classes: predictions range over all C classes, but recall, F1 and AUC exist only for
+    the classes present (`classes_present`), and balanced accuracy, macro F1 and AUC (one vs rest)
+    average over those. Every value left undefined is None, and `undefined` maps its key
+    (`auc`, `per_class.NAME.recall`, ...) to the reason. Binary tasks add sensitivity and
+    specificity at 0.5 and, when `threshold` is given, the same at that threshold.
     """
     num_classes = len(class_names)
     labels, probabilities = _checked(labels, probabilities, num_classes)
@@ -114,43 +162,58 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=class_ids, zero_division=0
     )
+    predicted = np.bincount(predictions, minlength=num_classes)
+    present = support > 0
     per_class_auc = [_one_vs_rest_auc(labels == c, probabilities[:, c]) for c in class_ids]
+    undefined: dict[str, str] = {}
+    per_class: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(class_names):
+        entry: dict[str, Any] = {
+            "precision": float(precision[c]) if predicted[c] else None,
+            "recall": float(recall[c]) if present[c] else None,
+            "f1": float(f1[c]) if present[c] else None,
+            "support": int(support[c]),
+            "auc": per_class_auc[c],
+        }
+        for key, value in entry.items():
+            if value is None:
+                undefined[f"per_class.{name}.{key}"] = _why_undefined(key, name, bool(present[c]))
+        per_class[name] = entry
     if num_classes == 2:
         auc = per_class_auc[POSITIVE_CLASS]
     else:
-        auc = None if None in per_class_auc else float(np.mean(per_class_auc))
-    present = support > 0
+        defined = [per_class_auc[c] for c in class_ids if per_class_auc[c] is not None]
+        auc = float(np.mean(defined)) if defined else None
+    if auc is None:
+        undefined["auc"] = "needs images of at least two classes"
     result: dict[str, Any] = {
         "n": int(labels.size),
         "accuracy": float((predictions == labels).mean()),
         "balanced_accuracy": float(recall[present].mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[present].mean()),
         "auc": auc,
-        "per_class": {
-            name: {
-                "precision": float(precision[c]),
-                "recall": float(recall[c]),
-                "f1": float(f1[c]),
-                "support": int(support[c]),
-                "auc": per_class_auc[c],
-            }
-            for c, name in enumerate(class_names)
-        },
+        "per_class": per_class,
         "confusion_matrix": confusion_matrix(labels, predictions, labels=class_ids).tolist(),
         "ece": expected_calibration_error(labels, probabilities),
     }
     if num_classes == 2:
-        result["sensitivity"], result["specificity"] = _sensitivity_specificity(labels, predictions)
+        rate_classes = (class_names[POSITIVE_CLASS], class_names[1 - POSITIVE_CLASS])
+        rates = {"": predictions}
         if threshold is not None:
-            at_threshold = predict(probabilities, threshold)
             result["threshold"] = float(threshold)
+            at_threshold = predict(probabilities, threshold)
             result["accuracy_at_threshold"] = float((at_threshold == labels).mean())
-            (
-                result["sensitivity_at_threshold"],
-                result["specificity_at_threshold"],
-            ) = _sensitivity_specificity(labels, at_threshold)
+            rates["_at_threshold"] = at_threshold
+        for suffix, decisions in rates.items():
+            rate_pair = _sensitivity_specificity(labels, decisions)
+            for key, value, name in zip(RATE_KEYS, rate_pair, rate_classes, strict=True):
+                result[key + suffix] = value
+                if value is None:
+                    undefined[key + suffix] = f"no {name} images"
     picked = probabilities[np.arange(labels.size), labels]
     result["loss"] = float(-np.log(np.clip(picked, 1e-12, 1)).mean())
+    result["classes_present"] = [name for c, name in enumerate(class_names) if present[c]]
+    result["undefined"] = undefined
     return result
 
 

@@ -1,8 +1,9 @@
 """Static cost of a model: parameters, multiply-accumulates, checkpoint size and a stage table.
 
-These are the numbers `hxr info` prints and `hxr bench` reports beside its measurements. MACs
-count the multiply-accumulates of every Conv2d and Linear layer for one image (the convention of
-the papers we compare with); normalisation, activations, pooling and additions are not counted.
+These are the numbers `hxr info` prints (with the stage Grad-CAM reads at that resolution) and
+`hxr bench` reports beside its measurements. MACs count the multiply-accumulates of every Conv2d
+and Linear layer for one image (the convention of the papers we compare with); normalisation,
+activations, pooling and additions are not counted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from hxr_model.errors import ConfigError
+from hxr_model.gradcam import GradcamLayer, gradcam_layer
 from hxr_model.models import RadiographClassifier, build_model, check_model_name
 from hxr_model.text_table import format_table
 
@@ -46,6 +48,7 @@ class ModelProfile:
     macs: int
     checkpoint_mb: float
     stages: list[StageRow]
+    gradcam: GradcamLayer
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -147,6 +150,7 @@ def profile_model(name: str, resolution: int, num_classes: int = 2) -> ModelProf
         macs=count_macs(model, resolution),
         checkpoint_mb=checkpoint_size_mb(model),
         stages=stage_table(model, resolution),
+        gradcam=gradcam_layer(model, resolution),
     )
 
 
@@ -169,6 +173,7 @@ def format_profile(profile: ModelProfile) -> str:
         f"parameters: {profile.params:,}",
         f"MACs: {profile.macs / 1e6:.2f}M per image",
         f"checkpoint: {profile.checkpoint_mb:.2f} MB",
+        f"Grad-CAM: {profile.gradcam.name} ({' x '.join(map(str, profile.gradcam.cells))} cells)",
         "",
     ]
     return "\n".join([*summary, format_table(header, rows, align="lllll")])

@@ -79,6 +79,9 @@ def fit(
         report["prewarm"] = {
             "epochs": prewarm_config.epochs,
             "nt_xent": prewarm.losses,
+            # Image pairs compared in one loss, and in the network at once (the memory budget).
+            "batch_size": prewarm.batch_size,
+            "chunk_size": prewarm.chunk_size,
             "peak_memory_mb": prewarm.peak_memory_mb,
             "seconds": prewarm.seconds,
             "images_per_s": prewarm.images_per_s,

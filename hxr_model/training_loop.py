@@ -2,8 +2,9 @@
 
 Both phases batch a dataset, fit the batch to a memory budget, step an optimiser on a per-step
 schedule with mixed precision on CUDA, show a progress bar per epoch and measure peak memory and
-throughput. Only the loss of a batch and what happens after an epoch differ, so those are what a
-caller passes in; the rest lives here once.
+throughput. Only the loss of a batch (or, for a phase that computes its gradients in pieces, the
+whole gradient step) and what happens after an epoch differ, so those are what a caller passes
+in; the rest lives here once.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class EpochEnd(NamedTuple):
 
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Back-propagates a loss, scaled for mixed precision when the device needs it.
+Backward = Callable[[torch.Tensor], None]
+# Computes a batch's gradients itself, calling `backward` on the loss it descends (and leaving
+# any further backward passes it needs scaled alike), and returns that loss.
+BatchStep = Callable[[torch.Tensor, torch.Tensor, Backward], torch.Tensor]
 EndOfEpoch = Callable[[int, float], EpochEnd]
 
 
@@ -129,6 +135,26 @@ def run_epochs(
     the caller's autocast; `end_of_epoch(epoch, mean_loss)` runs after each epoch (validation,
     bookkeeping) and may stop the run early. `name` labels the progress bar.
     """
+
+    def batch_step(images: torch.Tensor, labels: torch.Tensor, backward: Backward) -> torch.Tensor:
+        loss = batch_loss(images, labels)
+        backward(loss)
+        return loss
+
+    return run_steps(config, parameters, loader, device, batch_step, end_of_epoch, name)
+
+
+def run_steps(
+    config: LoopConfig,
+    parameters: Sequence[nn.Parameter],
+    loader: DataLoader,
+    device: torch.device,
+    batch_step: BatchStep,
+    end_of_epoch: EndOfEpoch,
+    name: str,
+) -> LoopOutcome:
+    """`run_epochs` for a phase whose `batch_step(images, labels, backward)` computes the
+    gradients of a batch itself (pre-warming does it chunk by chunk to bound its memory)."""
     optimizer = make_optimizer(
         list(parameters), config.optimizer, config.learning_rate, config.weight_decay
     )
@@ -138,6 +164,10 @@ def run_epochs(
     scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(device))
     epoch_losses: list[float] = []
     batch_seconds, images_seen = 0.0, 0
+
+    def backward(loss: torch.Tensor) -> None:
+        scaler.scale(loss).backward()
+
     started = time.perf_counter()
     with PeakMemoryMeter(device) as memory:
         for epoch in range(1, config.epochs + 1):
@@ -151,9 +181,8 @@ def run_epochs(
             )
             for images, labels in bar:
                 images, labels = images.to(device), labels.to(device)
-                loss = batch_loss(images, labels)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                loss = batch_step(images, labels, backward)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()

@@ -147,6 +147,12 @@ class EvaluateMetrics(Metrics):
     personalised_accuracy: Rate
     personalised_balanced_accuracy: Rate
     personalised_per_class_recall: list[Rate]
+    # Where lesions are known (phantoms): Grad-CAM of the true class against the lesion masks,
+    # over `localisation_images` test images; NaN and 0 elsewhere. Aggregates, like accuracy.
+    localisation_images: Count
+    pointing_game: Rate
+    energy_in_mask: Rate
+    mask_area: Rate
 
     _per_class_length = field_validator("per_class_recall", "personalised_per_class_recall")(
         _per_class

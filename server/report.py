@@ -24,7 +24,7 @@ from server.report_template import REPORT_TEMPLATE
 from server.round_record import RoundRecord, last_evaluated
 from server.run_config import FederationConfig
 from server.run_store import RunStore
-from server.summary import EVALUATION_KEYS, PERSONALISED_KEYS, is_defined
+from server.summary import EVALUATION_KEYS, LOCALISATION_KEYS, PERSONALISED_KEYS, is_defined
 
 
 def format_cell(value: Any) -> str:
@@ -221,10 +221,14 @@ def _privacy(privacy: Mapping[str, Any] | None) -> dict[str, str] | None:
 
 
 def _evaluation_keys(final: RoundRecord | None) -> tuple[str, ...]:
-    """The final table's columns: the personalised scores too where clinics reported them."""
-    sites = final.evaluate.sites.values() if final else []
-    personalised = any(is_defined(m.get(PERSONALISED_KEYS[0])) for m in sites)
-    return EVALUATION_KEYS + (PERSONALISED_KEYS if personalised else ())
+    """The final table's columns: the personalised and localisation scores too where clinics
+    reported them."""
+    sites = list(final.evaluate.sites.values()) if final else []
+    keys = EVALUATION_KEYS
+    for extra in (PERSONALISED_KEYS, LOCALISATION_KEYS):
+        if any(is_defined(metrics.get(extra[0])) for metrics in sites):
+            keys += extra
+    return keys
 
 
 def _evaluation_row(name: str, metrics: Mapping[str, Any], keys: Sequence[str]) -> list[Any]:

@@ -23,6 +23,8 @@ from server.run_store import RunStore, json_ready
 EVALUATION_KEYS = ("accuracy", "balanced-accuracy", "auc", "ece", "loss")
 # Reported where clinics personalise (FedBN, head fine-tuning); NaN otherwise.
 PERSONALISED_KEYS = ("personalised-accuracy", "personalised-balanced-accuracy")
+# Reported where lesion masks are known (phantoms): the heat maps against them; NaN otherwise.
+LOCALISATION_KEYS = ("pointing-game", "energy-in-mask", "mask-area")
 
 
 def _site_resources(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,8 @@ from hxr_model.errors import UnknownModelError
 from hxr_model.models.baselines import (
     efficientnet_b0_encoder,
     mobilenet_v2_encoder,
+    mobilenet_v3_large_encoder,
+    mobilenet_v3_small_encoder,
     resnet18_encoder,
 )
 from hxr_model.models.classifier import RadiographClassifier
@@ -47,6 +49,16 @@ MODELS: dict[str, ModelEntry] = {
     "hxr150": ModelEntry(_hybridnet(1.5), "encoder.stages", "HybridNet-XR, 1.5x width"),
     "mobilenet_v2": ModelEntry(
         mobilenet_v2_encoder, "encoder.features", "torchvision MobileNetV2, 1-channel input"
+    ),
+    "mobilenet_v3_small": ModelEntry(
+        mobilenet_v3_small_encoder,
+        "encoder.features",
+        "torchvision MobileNetV3-Small, 1-channel input",
+    ),
+    "mobilenet_v3_large": ModelEntry(
+        mobilenet_v3_large_encoder,
+        "encoder.features",
+        "torchvision MobileNetV3-Large, 1-channel input",
     ),
     "resnet18": ModelEntry(
         resnet18_encoder, "encoder.features", "torchvision ResNet-18, 1-channel"

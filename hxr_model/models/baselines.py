@@ -40,6 +40,18 @@ def mobilenet_v2_encoder() -> PooledFeatures:
     return PooledFeatures(net.features, net.last_channel)
 
 
+def mobilenet_v3_small_encoder() -> PooledFeatures:
+    net = tv.mobilenet_v3_small(weights=None)
+    net.features[0][0] = _one_channel_conv(net.features[0][0])
+    return PooledFeatures(net.features, net.classifier[0].in_features)
+
+
+def mobilenet_v3_large_encoder() -> PooledFeatures:
+    net = tv.mobilenet_v3_large(weights=None)
+    net.features[0][0] = _one_channel_conv(net.features[0][0])
+    return PooledFeatures(net.features, net.classifier[0].in_features)
+
+
 def efficientnet_b0_encoder() -> PooledFeatures:
     net = tv.efficientnet_b0(weights=None)
     net.features[0][0] = _one_channel_conv(net.features[0][0])

@@ -35,7 +35,9 @@ STEM_PATCH = 4
 # The stem's ReLU can pass a whole 4 x 4 patch on only with 2 channels per pixel
 # (x = relu(x) - relu(-x)); thinner stems lost accuracy at 28 px (docs/benchmarks.md).
 MIN_STEM_CHANNELS = 2 * STEM_PATCH**2
-# Resolution after the stem and each stage at 224 px input: 56 | 28, 14, 7, 7.
+# Resolution after the stem and each stage at 224 px input: 56 | 28, 14, 7, 7 (at 64 px:
+# 16 | 8, 4, 2, 2). The stages are Grad-CAM's candidates; `hxr_model.gradcam` reads the
+# deepest with at least 7 x 7 cells.
 STAGE_TABLE: tuple[StageSpec, ...] = (
     StageSpec(channels=32, blocks=1, stride=2, expansion=2),
     StageSpec(channels=64, blocks=2, stride=2, expansion=2),

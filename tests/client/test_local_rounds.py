@@ -104,7 +104,7 @@ def test_evaluation_shares_gradcam_samples_only_as_the_policy_allows(
 def test_site_labels_are_reindexed_into_the_federation_order() -> None:
     mapping = label_mapping("north", ["pneumonia", "normal"], ["normal", "pneumonia"])
     assert mapping.tolist() == [1, 0]
-    with pytest.raises(ConfigError, match="class 'opacity' is not one of the federation"):
+    with pytest.raises(ConfigError, match="'opacity' that the model does not know"):
         label_mapping("north", ["opacity"], ["normal", "pneumonia"])
 
 
@@ -118,3 +118,15 @@ def test_a_small_clinic_trains_more_epochs_to_reach_the_minimum_local_steps(glob
     more = plain.model_copy(update={"min_local_steps": 3 * batches, "keep_best_epoch": False})
     _, metrics = finetune_round(sent, more, site(), data)
     assert metrics.local_steps == 3 * batches
+
+
+def test_on_phantoms_the_evaluate_reply_scores_heat_maps_against_the_lesions(global_state) -> None:
+    data = data_of(site())
+    metrics, _ = evaluate_round(phase_state(global_state, "finetune"), instructions("finetune"),
+                                site(), data)  # fmt: skip
+    masks = data.evaluation.dataset.masks
+    with_lesion = int(masks.reshape(len(masks), -1).any(axis=1).sum())
+    assert metrics.localisation_images == min(with_lesion, 64) > 0
+    assert 0 <= metrics.pointing_game <= 1 and 0 <= metrics.energy_in_mask <= 1
+    lesion_share = masks.reshape(len(masks), -1).mean(axis=1)
+    assert metrics.mask_area == pytest.approx(lesion_share[lesion_share > 0].mean(), rel=1e-5)

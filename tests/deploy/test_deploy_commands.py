@@ -106,4 +106,4 @@ def test_site_check_refuses_labels_outside_the_federation(
     code = main(["site", "check", str(site), "--image-size", "16", "--classes", "normal,covid19"])
     assert code == 2
     error = capsys.readouterr().err
-    assert "'pneumonia' is not one of the federation's classes" in error
+    assert "'pneumonia' that the model does not know" in error and "label_map" in error

@@ -26,7 +26,7 @@ def test_info_prints_parameters_macs_and_stage_table(capsys) -> None:
     model = build_model("hxr50", 2)
     assert f"parameters: {sum(p.numel() for p in model.parameters()):,}" in out
     assert f"MACs: {count_macs(model, 64) / 1e6:.2f}M per image" in out
-    table = out[out.index("stage") :].splitlines()
+    table = out[out.index("\nstage") + 1 :].splitlines()
     assert table[1].startswith("encoder.stem") and "16 x 16" in table[1]  # 64 px at 1/4
     assert table[-1].startswith("head")
 
@@ -53,6 +53,18 @@ def test_bench_json_has_the_contract_keys(capsys) -> None:
     assert row["model"] == "hxr50" and row["resolution"] == 32 and row["batch_size"] == 4
     assert row["params"] == sum(p.numel() for p in build_model("hxr50", 2).parameters())
     assert all(row[key] > 0 for key in BENCH_KEYS - {"model"})
+
+
+def test_bench_prewarm_phase_reports_the_prewarming_peak_and_chunk(capsys) -> None:
+    code = main(
+        ["bench", "--models", "hxr50", "--resolution", "32", "--trials", "1", "--latency-runs",
+         "2", "--threads", "1", "--phase", "prewarm", "--prewarm-batch-size", "8", "--json"]
+    )  # fmt: skip
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["phases"] == ["prewarm"] and row["prewarm_batch_size"] == 8
+    assert row["peak_prewarm_memory_mb"] > 0 and row["prewarm_chunk_size"] == 8
+    assert row["peak_train_memory_mb"] is None
 
 
 def test_bench_unknown_model_is_one_line_error(capsys) -> None:

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hxr_cli.main import main
+from hxr_model.checkpoint import load_checkpoint, save_checkpoint
+from hxr_model.data import load_splits
+from hxr_model.data.phantoms import PHANTOM_CLASSES
+from hxr_model.models import build_model
 
 
 def tiny_medmnist(path: Path, splits=("train", "val")) -> Path:
@@ -137,3 +142,125 @@ def test_evaluate_reuses_the_training_split_of_an_unsplit_source(tmp_path, capsy
     report = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == report["validation"]["n"]
     assert metrics["accuracy"] == pytest.approx(report["validation"]["accuracy"])
+
+
+SUBSET_DATA = ["--data", "synthetic:180", "--skip-bad", "--split", "val"]
+
+
+@pytest.fixture(scope="module")
+def six_class_checkpoint(tmp_path_factory) -> Path:
+    """An untrained phantom-class model: its outputs vary enough to score, and cost no training."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("six") / "model.pt"
+    save_checkpoint(
+        path,
+        build_model("hxr50", len(PHANTOM_CLASSES)),
+        model_name="hxr50",
+        class_names=list(PHANTOM_CLASSES),
+        image_size=32,
+        metadata={"split_seed": 0},
+    )
+    return path
+
+
+def pairwise_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The share of positive-negative pairs ranked right, ties counting half."""
+    wins = (positive[:, None] > negative[None, :]).sum() + 0.5 * (
+        positive[:, None] == negative[None, :]
+    ).sum()
+    return float(wins / (positive.size * negative.size))
+
+
+def test_evaluate_on_a_class_subset_gives_the_hand_computed_metrics(
+    six_class_checkpoint, capsys
+) -> None:
+    # The clinic lists covid19 before normal; the model's order is normal first.
+    labels = {"covid19": "covid19", "normal": "normal"}
+    assert main(["evaluate", "--checkpoint", str(six_class_checkpoint), *SUBSET_DATA,
+                 "--labels", "covid19,normal", "--json"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+
+    val = load_splits("synthetic:180", 32, skip_bad=True, seed=0, label_map=labels).val
+    images = torch.stack([val[index][0] for index in range(len(val))])
+    with torch.inference_mode():
+        probabilities = torch.softmax(load_checkpoint(six_class_checkpoint).model(images), 1)
+    probabilities = probabilities.numpy()
+    truth = np.array([PHANTOM_CLASSES.index(val.class_names[label]) for label in val.labels])
+    predicted = probabilities.argmax(axis=1)
+    normal, covid = PHANTOM_CLASSES.index("normal"), PHANTOM_CLASSES.index("covid19")
+    recall = {c: float((predicted[truth == c] == c).mean()) for c in (normal, covid)}
+    auc = {
+        c: pairwise_auc(probabilities[truth == c, c], probabilities[truth != c, c])
+        for c in (normal, covid)
+    }
+
+    assert metrics["n"] == len(val) and metrics["classes_present"] == ["normal", "covid19"]
+    assert metrics["accuracy"] == pytest.approx(float((predicted == truth).mean()))
+    assert metrics["balanced_accuracy"] == pytest.approx(np.mean(list(recall.values())))
+    assert metrics["auc"] == pytest.approx(np.mean(list(auc.values())))
+    for c in (normal, covid):
+        entry = metrics["per_class"][PHANTOM_CLASSES[c]]
+        assert entry["recall"] == pytest.approx(recall[c])
+        assert entry["auc"] == pytest.approx(auc[c])
+        assert entry["support"] == int((truth == c).sum()) > 0
+    for name in set(PHANTOM_CLASSES) - {"normal", "covid19"}:
+        entry = metrics["per_class"][name]
+        assert entry["support"] == 0 and entry["recall"] is None and entry["auc"] is None
+        assert metrics["undefined"][f"per_class.{name}.recall"] == f"no {name} images"
+    # Every image is counted against what the model predicted, absent classes included.
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(val)
+    assert [sum(row) for row in metrics["confusion_matrix"]] == np.bincount(
+        truth, minlength=len(PHANTOM_CLASSES)
+    ).tolist()
+
+
+def test_evaluate_on_a_class_subset_prints_na_not_nan(six_class_checkpoint, capsys) -> None:
+    assert main(["evaluate", "--checkpoint", str(six_class_checkpoint), *SUBSET_DATA,
+                 "--labels", "covid19,normal"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "classes present: normal, covid19 (2 of the model's 6" in out
+    assert "n/a" in out and "nan" not in out.lower()
+    matrix = out.split("confusion matrix")[1].splitlines()[2:]
+    assert [row.split()[0] for row in matrix] == ["normal", "covid19"]
+
+
+def test_evaluate_refuses_a_class_the_model_does_not_know_by_name(
+    six_class_checkpoint, capsys
+) -> None:
+    code = main(["evaluate", "--checkpoint", str(six_class_checkpoint), *SUBSET_DATA,
+                 "--labels", "covid19,normal=pneumothorax"])  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the skipped-file list
+    assert code == 2 and error.startswith("hxr: error: synthetic:180: ")
+    assert "'pneumothorax'" in error and "does not know" in error
+
+
+def test_export_then_predict_through_onnx_runtime_matches_pytorch(
+    trained, tmp_path, capsys
+) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onnx extra)")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (the onnx extra)")
+    _, out = trained
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(out / "model.pt"), "--out", str(onnx_file)]) == 0
+    assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
+    images = []
+    for index, value in enumerate((30, 140, 250)):
+        pixels = np.full((40, 40), 40, np.uint8)
+        pixels[10:28, 10:28] = value
+        images.append(str(tmp_path / f"case{index}.png"))
+        Image.fromarray(pixels).save(images[-1])
+    runs = {}
+    for option, model in (("--checkpoint", out / "model.pt"), ("--onnx", onnx_file)):
+        assert main(["predict", option, str(model), *images, "--json"]) == 0
+        runs[option] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(runs["--onnx"]) == 3
+    for torch_line, onnx_line in zip(runs["--checkpoint"], runs["--onnx"], strict=True):
+        assert onnx_line["class"] == torch_line["class"]
+        for name, value in torch_line["probabilities"].items():
+            assert onnx_line["probabilities"][name] == pytest.approx(value, abs=1e-4)
+
+
+def test_predict_through_onnx_cannot_draw_gradcam(tmp_path, capsys) -> None:
+    code = main(["predict", "--onnx", str(tmp_path / "m.onnx"), "x.png", "--gradcam", "cams"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "--gradcam needs the PyTorch model" in error

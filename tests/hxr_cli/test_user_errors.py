@@ -141,9 +141,10 @@ CASES = [
         "truncated.pt: not a checkpoint",
     ),
     case(
-        "evaluate-other-classes",
+        "evaluate-unknown-classes",
         "evaluate --checkpoint {checkpoint} --data synthetic:8",
-        "was trained on ['normal', 'pneumonia']",
+        "'bacterial_pneumonia', 'viral_pneumonia', 'covid19', 'tuberculosis', 'emphysema' that "
+        "the model does not know (its classes: normal, pneumonia)",
     ),
     case("evaluate-without-data", "evaluate --checkpoint {checkpoint}", "required: --data"),
     case(

@@ -7,9 +7,11 @@ from pydantic import ValidationError
 from hxr_model import benchmark
 from hxr_model.benchmark import BenchConfig, format_results, prepare_for_inference, run_benchmark
 from hxr_model.errors import ConfigError
-from hxr_model.models import build_model
+from hxr_model.models import MODELS, build_model
 from hxr_model.profiling import count_macs, count_parameters
 
+# The patch stem's ReLU follows a PatchConv, whose forward is its own: it stays a module.
+EXPECTED_UNFUSED_ACTIVATIONS = {"hxr50": 1, "hxr100": 1, "hxr150": 1}
 TINY = {"resolution": 32, "batch_size": 4, "train_steps": 1, "latency_runs": 2}
 # Weights, gradients and the two AdamW moments: 4 float32 copies of every parameter.
 TRAINING_COPY_BYTES = 4 * 4
@@ -55,6 +57,43 @@ def test_models_are_interleaved_and_medians_taken(monkeypatch) -> None:
     assert by_model == {"hxr50": 30.0, "mobilenet_v2": 40.0}  # medians of 10/50/30 and 40/20/60
 
 
+def test_prewarm_phase_measures_the_budgeted_chunk_in_a_fresh_process() -> None:
+    """A real child run: the contrastive batch stays, the budget picks a smaller chunk, and the
+    fine-tuning columns are left out when only pre-warming is asked for."""
+    settings = {**TINY, "resolution": 64}
+    unbounded = BenchConfig(
+        models=["hxr50"], trials=1, threads=1, phases=["prewarm"], prewarm_batch_size=24, **settings
+    )
+    bounded = unbounded.model_copy(update={"max_memory_mb": 4.0})
+    (whole,) = run_benchmark(unbounded)
+    (chunked,) = run_benchmark(bounded)
+    assert whole.prewarm_chunk_size == 24 and 1 <= chunked.prewarm_chunk_size < 24
+    for result in (whole, chunked):
+        assert result.train_images_per_s is None and result.peak_train_memory_mb is None
+        assert 0 < result.peak_prewarm_memory_mb < 1000 and result.prewarm_batch_size == 24
+    table = format_results([chunked])
+    assert "pre-warm peak MB" in table and "train peak MB" not in table
+    assert "pre-warm batch 24 pairs (budget 4 MB;" in table
+    too_small = bounded.model_copy(update={"max_memory_mb": 0.5})
+    (refused,) = run_benchmark(too_small)
+    assert refused.peak_prewarm_memory_mb is None and refused.prewarm_chunk_size is None
+    assert "n/a" in format_results([refused]).splitlines()[1]
+
+
+def test_both_phases_are_interleaved_with_medians(monkeypatch) -> None:
+    readings = iter([(10.0, 4), (30.0, 4), (20.0, 4)])
+    monkeypatch.setattr(benchmark, "peak_training_memory_mb", lambda name, config: 5.0)
+    monkeypatch.setattr(benchmark, "peak_prewarm_memory_mb", lambda name, config: next(readings))
+    config = BenchConfig(
+        models=["hxr50"], trials=3, threads=1, phases=["finetune", "prewarm"], **TINY
+    )
+    (result,) = run_benchmark(config)
+    assert result.peak_prewarm_memory_mb == 20.0 and result.prewarm_chunk_size == 4
+    assert result.peak_train_memory_mb == 5.0 and result.train_images_per_s > 0
+    header = format_results([result]).splitlines()[0]
+    assert header.index("train peak MB") < header.index("pre-warm peak MB")
+
+
 def test_bf16_autocast_runs_on_cpu(monkeypatch) -> None:
     monkeypatch.setattr(benchmark, "peak_training_memory_mb", lambda name, config: 1.0)
     config = BenchConfig(models=["hxr50"], trials=1, threads=1, precision="bf16", **TINY)
@@ -65,7 +104,15 @@ def test_bf16_autocast_runs_on_cpu(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("models", ["hxr999"]), ("models", []), ("models", ["hxr50", "hxr50"]), ("resolution", 16)],
+    [
+        ("models", ["hxr999"]),
+        ("models", []),
+        ("models", ["hxr50", "hxr50"]),
+        ("resolution", 16),
+        ("phases", ["prewarm", "prewarm"]),
+        ("phases", ["distill"]),
+        ("phases", []),
+    ],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     settings = {"models": ["hxr50"], field: value}
@@ -80,8 +127,8 @@ def test_cuda_request_without_a_gpu_is_a_user_error() -> None:
         run_benchmark(BenchConfig(models=["hxr50"], device="cuda", **TINY))
 
 
-@pytest.mark.parametrize("name", ["hxr50", "mobilenet_v2"])
-def test_inference_copy_folds_batch_norm_and_keeps_outputs(name: str) -> None:
+@pytest.mark.parametrize("name", list(MODELS))
+def test_inference_copy_folds_batch_norm_fuses_activations_and_keeps_outputs(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, 2)
     with torch.no_grad():
@@ -89,6 +136,14 @@ def test_inference_copy_folds_batch_norm_and_keeps_outputs(name: str) -> None:
     prepared = prepare_for_inference(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.encoder.modules())
     assert model.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    images = torch.rand(2, 1, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(prepared(images), model.eval()(images), atol=1e-5)
+    # Every activation that alone reads a plain convolution (or its residual sum) runs in the
+    # convolution's kernel: what is left follows something else (HybridNet-XR's patch stem).
+    left = [m for m in prepared.encoder.modules() if type(m) in benchmark.FUSED_ACTIVATIONS]
+    fused = [m for m in prepared.encoder.modules() if isinstance(m, benchmark.OneDnnConv2d)]
+    plain = [m for m in model.encoder.modules() if type(m) is torch.nn.Conv2d]
+    assert len(fused) == len(plain) and any(m.activation for m in fused)
+    assert len(left) <= EXPECTED_UNFUSED_ACTIVATIONS.get(name, 0)
+    for shape in ((1, 1, 64, 64), (3, 1, 96, 96)):
+        images = torch.rand(shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(prepared(images), model.eval()(images), rtol=0, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Checkpoints: exact round trip, one-line errors, refusal of code payloads, atomic writes."""
+"""Checkpoints: exact round trip, one-line errors, refusal of code payloads, atomic writes,
+intensity standardisation stored and older checkpoints without it loaded unchanged."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import torch
 from hxr_model.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from hxr_model.errors import CheckpointError
 from hxr_model.models import RadiographClassifier, build_model
+from hxr_model.standardisation import (
+    DEFAULT_STANDARDISATION,
+    IntensityStandardisation,
+    StandardisationConfig,
+)
 
 CLASSES = ["normal", "pneumonia"]
 
@@ -68,6 +74,51 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     assert loaded.model.head[0].p == 0.3
     assert float(loaded.model.normalize.mean) == pytest.approx(0.45)
     assert float(loaded.model.normalize.std) == pytest.approx(0.3)
+
+
+def test_standardisation_is_stored_and_the_round_trip_gives_equal_outputs(
+    tmp_path: Path,
+) -> None:
+    model = trained_like_model()
+    custom = StandardisationConfig(low_percentile=2.0, high_percentile=97.5, equalise=False)
+    model.standardize = IntensityStandardisation(custom)
+    path = tmp_path / "model.pt"
+    save(path, model)
+    assert payload(path)["config"]["standardisation"] == custom.model_dump()
+    loaded = load_checkpoint(path).model
+    assert loaded.standardize.config == custom
+
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        outputs = model(images)
+        assert torch.equal(loaded(images), outputs)
+        assert torch.equal(loaded(images), outputs)  # deterministic: no state changes
+        model.standardize = IntensityStandardisation(None)
+        assert not torch.allclose(model(images), outputs)  # the stored step mattered
+
+
+def test_new_models_store_the_default_standardisation(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save(path)
+    assert load_checkpoint(path).model.standardize.config == DEFAULT_STANDARDISATION
+
+
+def test_checkpoint_from_before_standardisation_loads_without_it(tmp_path: Path) -> None:
+    """A checkpoint written before the step existed has no such field: its model must see its
+    images as it always did."""
+    model = trained_like_model()
+    path = tmp_path / "model.pt"
+    save(path, model)
+    content = payload(path)
+    del content["config"]["standardisation"]
+    torch.save(content, path)
+
+    loaded = load_checkpoint(path).model
+    assert loaded.standardize.config is None
+    images = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        model.standardize = IntensityStandardisation(None)
+        assert torch.equal(loaded(images), model(images))
 
 
 def test_multiclass_checkpoint_without_threshold(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from hxr_model.metrics import (
     PeakMemoryMeter,
     classification_metrics,
     expected_calibration_error,
+    model_class_indices,
     youden_threshold,
 )
 
@@ -124,16 +125,78 @@ def test_multiclass_metrics_match_hand_computation() -> None:
     )
 
 
-def test_missing_class_gives_none_auc_not_a_crash() -> None:
+def test_missing_class_is_left_out_of_the_averages_not_a_crash() -> None:
     labels = np.array([0, 0, 1, 1])
     probabilities = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
     m = classification_metrics(labels, probabilities, ["a", "b", "c"])
-    assert m["auc"] is None
-    assert m["per_class"]["c"]["auc"] is None
-    assert m["per_class"]["c"]["support"] == 0
+    c = m["per_class"]["c"]
+    assert (c["support"], c["recall"], c["f1"], c["auc"]) == (0, None, None, None)
+    assert c["precision"] == 0.0  # predicted once, wrongly: a defined false alarm
+    # One vs rest over a and b only: a ranks 3 of 4 pairs right, b 2.5 of 4 (0.3 ties 0.3).
+    assert (m["per_class"]["a"]["auc"], m["per_class"]["b"]["auc"]) == (0.75, 0.625)
+    assert m["auc"] == pytest.approx((0.75 + 0.625) / 2)
     # Balanced accuracy averages the recalls of the classes present: (1/2 + 1/2) / 2.
     assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert m["classes_present"] == ["a", "b"]
+    assert set(m["undefined"]) == {"per_class.c.recall", "per_class.c.f1", "per_class.c.auc"}
     json.dumps(m, allow_nan=False)
+
+
+# A four-class model scored on a clinic holding two of its classes, listed in its own order.
+MODEL_CLASSES = ["normal", "bacterial", "viral", "covid"]
+CLINIC_CLASSES = ["covid", "normal"]
+CLINIC_LABELS = np.array([0, 0, 0, 1, 1])  # covid x3, normal x2
+CLINIC_PROBS = np.array(
+    [
+        [0.10, 0.10, 0.20, 0.60],  # covid -> covid
+        [0.20, 0.50, 0.10, 0.20],  # covid -> bacterial, a class the clinic does not hold
+        [0.30, 0.10, 0.10, 0.50],  # covid -> covid
+        [0.70, 0.10, 0.10, 0.10],  # normal -> normal
+        [0.35, 0.10, 0.10, 0.45],  # normal -> covid
+    ]
+)
+
+
+def test_class_subset_matched_by_name_gives_hand_computed_metrics() -> None:
+    to_model = model_class_indices(CLINIC_CLASSES, MODEL_CLASSES)
+    assert to_model.tolist() == [3, 0]
+    m = classification_metrics(to_model[CLINIC_LABELS], CLINIC_PROBS, MODEL_CLASSES)
+
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    normal, bacterial, viral, covid = (m["per_class"][name] for name in MODEL_CLASSES)
+    assert (covid["recall"], normal["recall"]) == pytest.approx((2 / 3, 1 / 2))
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert (covid["precision"], normal["precision"]) == pytest.approx((2 / 3, 1.0))
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # covid scores 0.6 0.2 0.5 against normal images' 0.1 0.45: 5 of 6 pairs; normal 6 of 6.
+    assert (covid["auc"], normal["auc"]) == pytest.approx((5 / 6, 1.0))
+    assert m["auc"] == pytest.approx((5 / 6 + 1.0) / 2)
+    assert m["confusion_matrix"] == [[1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 2]]
+    assert m["classes_present"] == ["normal", "covid"]
+    # Absent classes: no recall, F1 or AUC; a precision only where the model predicted them.
+    for absent in (bacterial, viral):
+        assert absent["support"] == 0
+        assert absent["recall"] is absent["f1"] is absent["auc"] is None
+    assert (bacterial["precision"], viral["precision"]) == (0.0, None)
+    assert m["undefined"]["per_class.viral.precision"] == "no image was predicted viral"
+    assert m["undefined"]["per_class.bacterial.recall"] == "no bacterial images"
+    assert "auc" not in m["undefined"] and "per_class.bacterial.precision" not in m["undefined"]
+    json.dumps(m, allow_nan=False)
+
+
+def test_a_clinic_with_one_class_has_no_auc_and_says_why() -> None:
+    labels = model_class_indices(["covid"], MODEL_CLASSES)[np.zeros(3, dtype=np.int64)]
+    m = classification_metrics(labels, CLINIC_PROBS[:3], MODEL_CLASSES)
+    assert m["auc"] is None and m["per_class"]["covid"]["auc"] is None
+    assert m["undefined"]["auc"] == "needs images of at least two classes"
+    assert m["undefined"]["per_class.covid.auc"] == "every image is covid"
+    assert m["balanced_accuracy"] == pytest.approx(2 / 3) == m["per_class"]["covid"]["recall"]
+
+
+def test_a_class_the_model_does_not_know_is_refused_by_name() -> None:
+    with pytest.raises(DataError, match="'pneumothorax'") as refused:
+        model_class_indices(["covid", "pneumothorax"], MODEL_CLASSES)
+    assert "normal, bacterial, viral, covid" in str(refused.value)
 
 
 def test_single_class_binary_split_has_undefined_rates_as_none() -> None:
@@ -143,6 +206,12 @@ def test_single_class_binary_split_has_undefined_rates_as_none() -> None:
     assert m["specificity_at_threshold"] is None
     assert m["sensitivity"] == 1.0
     assert m["sensitivity_at_threshold"] == 0.0
+    assert (
+        m["undefined"]["specificity"]
+        == m["undefined"]["specificity_at_threshold"]
+        == ("no neg images")
+    )
+    assert "sensitivity" not in m["undefined"]
     json.dumps(m, allow_nan=False)
 
 

@@ -77,6 +77,10 @@ def test_profile_and_its_text() -> None:
     text = format_profile(profile)
     assert f"parameters: {profile.params:,}" in text
     assert "encoder.stages.0" in text and "64 x 64" in text
+    # The stage Grad-CAM reads at 64 px: HybridNet-XR's first stage, 8 x 8 cells.
+    assert profile.gradcam == ("encoder.stages.0", (8, 8))
+    assert "Grad-CAM: encoder.stages.0 (8 x 8 cells)" in text
+    assert profile_model("hxr50", 224).gradcam == ("encoder.stages.3", (7, 7))
 
 
 @pytest.mark.parametrize("resolution", [27, 513])

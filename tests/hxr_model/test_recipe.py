@@ -20,6 +20,7 @@ def test_prewarmed_recipe_reports_both_phases(splits) -> None:
     outcome = fit("hxr50", splits, TrainConfig(epochs=1, **QUIET), PrewarmConfig(epochs=1, **QUIET))
     report = outcome.report
     assert report["prewarm"]["epochs"] == 1 and len(report["prewarm"]["nt_xent"]) == 1
+    assert report["prewarm"]["batch_size"] == report["prewarm"]["chunk_size"] > 1
     assert report["train_images"] == len(splits.train)
     assert report["validation"]["n"] == len(splits.val)
     assert outcome.seconds == pytest.approx(
@@ -28,6 +29,14 @@ def test_prewarmed_recipe_reports_both_phases(splits) -> None:
     assert outcome.peak_memory_mb == max(
         report["prewarm"]["peak_memory_mb"], report["training"]["peak_memory_mb"]
     )
+
+
+def test_the_memory_budget_chunks_prewarming_without_shrinking_its_batch(splits) -> None:
+    """`hxr train --max-memory-mb` and a clinic's budget reach pre-warming through its config."""
+    prewarm = PrewarmConfig(epochs=1, batch_size=32, max_memory_mb=4, **QUIET)
+    outcome = fit("hxr50", splits, TrainConfig(epochs=1, **QUIET), prewarm)
+    report = outcome.report["prewarm"]
+    assert report["batch_size"] == 32 and 1 <= report["chunk_size"] < 32
 
 
 def test_distilled_recipe_trains_the_teacher_first(splits) -> None:

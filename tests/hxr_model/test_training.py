@@ -6,6 +6,7 @@ from hxr_model.errors import ConfigError, DivergedModelError
 from hxr_model.memory_budget import SAFETY_FACTOR, estimate_training_memory
 from hxr_model.metrics import PeakMemoryMeter
 from hxr_model.models import build_model
+from hxr_model.standardisation import IntensityStandardisation
 from hxr_model.training import (
     TrainConfig,
     choose_batch_size,
@@ -23,6 +24,10 @@ def test_a_small_model_learns_to_find_bright_squares(make_squares) -> None:
     train_set, val_set = make_squares(96, 64, seed=1), make_squares(48, 64, seed=2)
     torch.manual_seed(0)
     model = build_model("hxr50", 2)
+    # The squares differ from empty images only in absolute brightness, which per-image
+    # standardisation removes on purpose (a square becomes the same share of the brightest
+    # levels as an empty image's noise).
+    model.standardize = IntensityStandardisation(None)
     result = train_classifier(
         model,
         train_set,
@@ -53,7 +58,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(squares_train, squares_v
     config = TrainConfig(
         epochs=10,
         learning_rate=1e-8,
-        augment=False,
+        augmentation="none",
         monitor="accuracy",
         early_stopping_patience=1,
         **QUIET,
@@ -154,3 +159,18 @@ def test_a_diverged_model_is_one_clear_error_not_a_metric_crash(squares_val) -> 
         model.head[1].bias[0] = float("nan")
     with pytest.raises(DivergedModelError, match=f"NaN or infinite for {len(squares_val)} of"):
         evaluate_classifier(model, squares_val, device="cpu")
+
+
+def test_the_augmentation_preset_is_the_one_configured(squares_train) -> None:
+    weights = {}
+    for augmentation in ("none", "light", "scanner-shift"):
+        torch.manual_seed(0)
+        model = build_model("hxr50", 2)
+        config = TrainConfig(epochs=1, batch_size=32, augmentation=augmentation, **QUIET)
+        train_classifier(model, squares_train, None, config)
+        weights[augmentation] = model.head[1].weight.detach()
+    assert TrainConfig().augmentation == "scanner-shift"
+    assert not torch.equal(weights["none"], weights["light"])
+    assert not torch.equal(weights["light"], weights["scanner-shift"])
+    with pytest.raises(ValueError, match="augmentation"):
+        TrainConfig(augmentation="heavy")

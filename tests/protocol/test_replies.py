@@ -20,6 +20,7 @@ def evaluate_metrics(**changes) -> dict:
     values = {key: 0.5 for key in EvaluateMetrics.names()}
     values |= {"num-examples": 10, "per-class-recall": [0.5, 0.5], "confusion-matrix": [1] * 4}
     values |= {"val-score-histogram": [0] * 40, "personalised-per-class-recall": [0.5, 0.5]}
+    values |= {"localisation-images": 0}
     return values | changes
 
 

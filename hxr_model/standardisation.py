@@ -1,0 +1,107 @@
+"""Per-image intensity standardisation: the same radiograph looks the same from any hospital.
+
+Exposure, detector response and post-processing differ between scanners; to the model they are
+mostly monotonic remappings of grey levels. Each image is windowed to its own percentiles (which
+also clips small burnt-in text and markers) and then histogram-equalised, which undoes such a
+remapping (fully without a clip limit, largely with one): two exposures of one chest come out
+alike. It runs inside the model's input path, so training, evaluation, prediction, federation
+clients and Grad-CAM all see it. It is configuration stored in the checkpoint, not weights, and
+is deterministic: no randomness, no batch statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+
+class StandardisationConfig(BaseModel):
+    """Percentiles (0-100) each image is windowed to, and whether it is then equalised.
+
+    `clip_limit` caps each grey level's share of the histogram at that many times the mean
+    before equalising (as CLAHE does), spreading the excess evenly: a collimation border, black
+    padding or flat background cannot take over the mapping, and noise in flat regions is not
+    stretched. Lower values stay closer to the windowed image, higher ones equalise harder
+    (EQUALISATION_LEVELS or more: plain histogram equalisation).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low_percentile: float = Field(1.0, ge=0.0, lt=100.0)
+    high_percentile: float = Field(99.0, gt=0.0, le=100.0)
+    equalise: bool = True
+    clip_limit: float = Field(3.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StandardisationConfig:
+        if self.low_percentile >= self.high_percentile:
+            raise ValueError(
+                f"low_percentile {self.low_percentile} must be below high_percentile "
+                f"{self.high_percentile}"
+            )
+        return self
+
+
+DEFAULT_STANDARDISATION = StandardisationConfig()
+# Grey levels equalisation counts in: those of the 8-bit images every dataset holds.
+EQUALISATION_LEVELS = 256
+
+
+def window(flat: torch.Tensor, low_percentile: float, high_percentile: float) -> torch.Tensor:
+    """Rescale each row of `flat` [B, N] so its percentiles map to 0 and 1, clipped; a flat row
+    becomes 0."""
+    levels = torch.tensor([low_percentile, high_percentile], dtype=flat.dtype) / 100
+    low, high = torch.quantile(flat, levels.to(flat.device), dim=1, keepdim=True)
+    span = high - low
+    scaled = (flat - low) / span.clamp_min(torch.finfo(flat.dtype).eps)
+    return torch.where(span > 0, scaled.clamp(0.0, 1.0), torch.zeros_like(flat))
+
+
+def equalise(flat: torch.Tensor, clip_limit: float) -> torch.Tensor:
+    """Contrast-limited histogram equalisation of each row of `flat` [B, N] in [0, 1] over
+    EQUALISATION_LEVELS grey levels: a value becomes the clipped histogram's share at or below
+    its level, rescaled so the row's lowest level maps to 0 and its highest to 1 (black padding
+    stays black); a flat row becomes 0. Counting into levels is exact in float32, so the result
+    never depends on the order a device adds in."""
+    levels = (flat * (EQUALISATION_LEVELS - 1)).round().long()
+    counts = torch.zeros(flat.shape[0], EQUALISATION_LEVELS, device=flat.device)
+    counts.scatter_add_(1, levels, torch.ones_like(flat))
+    clipped = counts.clamp_max(clip_limit * flat.shape[1] / EQUALISATION_LEVELS)
+    excess = (counts - clipped).sum(dim=1, keepdim=True) / EQUALISATION_LEVELS
+    at_or_below = (clipped + excess).cumsum(1)
+    lowest = at_or_below.gather(1, levels.min(dim=1, keepdim=True).values)
+    highest = at_or_below.gather(1, levels.max(dim=1, keepdim=True).values)
+    span = highest - lowest
+    equalised = (at_or_below.gather(1, levels) - lowest) / span.clamp_min(1e-6)
+    return torch.where(span > 0, equalised, 0.0)
+
+
+def standardise(images: torch.Tensor, config: StandardisationConfig) -> torch.Tensor:
+    """`images` [B, 1, H, W] in [0, 1], each standardised on its own (never across the batch).
+
+    Equalisation has no useful gradient, so an input that requires one gets it passed straight
+    through: Grad-CAM and saliency keep a graph back to the image even with frozen weights.
+    """
+    flat = images.detach().flatten(1).float()
+    out = window(flat, config.low_percentile, config.high_percentile)
+    if config.equalise:
+        out = equalise(out, config.clip_limit)
+    out = out.view(images.shape).to(images.dtype)
+    return images + (out - images).detach() if images.requires_grad else out
+
+
+class IntensityStandardisation(nn.Module):
+    """`standardise` as the model's first step; with no config (checkpoints written before the
+    step existed) it passes images through unchanged. Holds no tensors, so state dicts and
+    federated updates are the same with or without it."""
+
+    def __init__(self, config: StandardisationConfig | None = DEFAULT_STANDARDISATION) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.config is None else standardise(images, self.config)
+
+    def extra_repr(self) -> str:
+        return "off" if self.config is None else repr(self.config)
