@@ -231,7 +231,9 @@ def _evaluation_keys(final: RoundRecord | None) -> tuple[str, ...]:
     return keys
 
 
-def _evaluation_row(name: str, metrics: Mapping[str, Any], keys: Sequence[str]) -> list[Any]:
+def _evaluation_row(
+    name: str, metrics: Mapping[str, Any], keys: Sequence[str] = EVALUATION_KEYS
+) -> list[Any]:
     return [name, *(metrics.get(key) for key in keys)]
 
 
