@@ -60,9 +60,7 @@ def measure(
                 _timed(fast, images, times["torch"])
                 _timed(exported.probabilities, array, times["onnxruntime"])
         torch_ms, ort_ms = (statistics.median(times[key]) for key in ("torch", "onnxruntime"))
-        rows.append(
-            [name, batch, round(torch_ms, 1), round(ort_ms, 1), round(ort_ms / torch_ms, 2)]
-        )
+        rows.append([name, batch, torch_ms, ort_ms, ort_ms / torch_ms])
     return rows
 
 
@@ -85,7 +83,8 @@ def main() -> None:
             for row in measure(name, args.resolution, batches, args.threads, Path(folder))
         ]
     header = ["model", "batch", "PyTorch ms", "ONNX Runtime ms", "ONNX Runtime / PyTorch"]
-    print(format_markdown_table(header, rows))
+    shown = [[name, batch, f"{t:.1f}", f"{o:.1f}", f"{r:.2f}"] for name, batch, t, o, r in rows]
+    print(format_markdown_table(header, shown))
 
 
 if __name__ == "__main__":
