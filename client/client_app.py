@@ -1,5 +1,5 @@
-"""The clinic's Flower ClientApp: train, statistics, evaluate and cross-site messages in,
-results out.
+"""The clinic's Flower ClientApp: train, statistics, evaluate, roll-call and cross-site messages
+in, results out.
 
 `app` serves deployment (`flower-supernode --node-config 'site-config="site.toml"'`) and
 `flwr run .` simulations. `build_client_app` lets the in-process simulation say how a node finds
@@ -45,6 +45,7 @@ from protocol.records import (
     EVALUATE_MODEL_ACTION,
     LOCAL_MODEL_ACTION,
     METRICS_KEY,
+    ROLL_CALL_ACTION,
     SITE_KEY,
     STATISTICS_ACTION,
 )
@@ -180,6 +181,12 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
             metrics.train_loss,
         )
         return _reply(message, site, metrics, **{ARRAYS_KEY: to_record(update)})
+
+    @app.query(ROLL_CALL_ACTION)
+    def roll_call(message: Message, context: Context) -> Message:
+        """The site's name, which every reply carries anyway: rounds draw clinics by name."""
+        site = resolve_site(context)
+        return Message(RecordDict({SITE_KEY: site_record(site.name)}), reply_to=message)
 
     @app.query(STATISTICS_ACTION)
     def statistics(message: Message, context: Context) -> Message:

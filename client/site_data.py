@@ -8,6 +8,7 @@ fine; a class the federation does not know is not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 
 from client.disclosure import split_seed
 from client.site_config import SiteConfig
-from hxr_model.data import RadiographDataset, load_splits, partition
+from hxr_model.data import DataSplits, RadiographDataset, load_splits, partition
 from hxr_model.errors import ConfigError, DataError
 from hxr_model.metrics import model_class_indices
 
@@ -64,12 +65,50 @@ def label_mapping(
         raise ConfigError(f"site {site_name}: {error}; map them with 'label_map'") from None
 
 
-def _site_part(dataset: RadiographDataset, site: SiteConfig) -> RadiographDataset:
-    if site.partition is None:
-        return dataset
+Study = tuple[DataSplits, dict[str, tuple[np.ndarray, ...]]]
+
+
+# Virtual clinics of one study share a dataset: a process decodes and partitions it once for all
+# the clinics it plays, not once per clinic. Bounded, so a coordinator's requests cannot grow it.
+@functools.lru_cache(maxsize=4)
+def _shared_study(
+    data: str,
+    image_size: int,
+    skip_bad: bool,
+    seed: int,
+    label_map: tuple[tuple[str, str], ...],
+    partition_key: tuple[str, int, int] | None,
+) -> Study:
+    """The splits of `data` and, for simulated clinics, each split's parts (scheme, sites,
+    seed in `partition_key`)."""
+    splits = load_splits(
+        data,
+        image_size,
+        skip_bad=skip_bad,
+        seed=seed,
+        label_map=dict(label_map) or None,
+        # A simulated clinic is part of a study whose pooled test split must exist.
+        carve_missing_test=partition_key is not None,
+    )
+    parts = {}
+    if partition_key is not None:
+        for name in ("train", "val", "test"):
+            split = getattr(splits, name)
+            if split is not None:
+                parts[name] = tuple(partition(split, *partition_key))
+    return splits, parts
+
+
+def _site_study(site: SiteConfig, image_size: int) -> Study:
     spec = site.partition
-    parts = partition(dataset, spec.scheme, spec.num_sites, spec.seed)
-    return dataset.subset(parts[spec.index])
+    return _shared_study(
+        site.data,
+        image_size,
+        site.skip_bad,
+        split_seed(site),
+        tuple(site.label_map.items()),  # in order: it decides the class order
+        None if spec is None else (spec.scheme, spec.num_sites, spec.seed),
+    )
 
 
 _CACHE: dict[str, tuple[tuple[tuple[str, ...], int], SiteData]] = {}
@@ -83,24 +122,19 @@ def load_site_data(site: SiteConfig, class_names: Sequence[str], image_size: int
     request = (tuple(class_names), image_size)
     cached = _CACHE.get(site_key)
     if cached is None or cached[0] != request:
-        splits = load_splits(
-            site.data,
-            image_size,
-            skip_bad=site.skip_bad,
-            seed=split_seed(site),
-            label_map=site.label_map or None,
-            # A simulated clinic is part of a study whose pooled test split must exist.
-            carve_missing_test=site.partition is not None,
-        )
+        splits, parts = _site_study(site, image_size)
         mapping = label_mapping(site.name, splits.class_names, class_names)
 
-        def federated(split: RadiographDataset) -> FederationLabels:
-            return FederationLabels(_site_part(split, site), mapping, class_names)
+        def federated(name: str) -> FederationLabels:
+            split = getattr(splits, name)
+            if site.partition is not None:
+                split = split.subset(parts[name][site.partition.index])
+            return FederationLabels(split, mapping, class_names)
 
         data = SiteData(
-            train=federated(splits.train),
-            val=federated(splits.val),
-            test=None if splits.test is None else federated(splits.test),
+            train=federated("train"),
+            val=federated("val"),
+            test=None if splits.test is None else federated("test"),
             skipped=len(splits.skipped),
         )
         _CACHE[site_key] = (request, data)

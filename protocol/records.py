@@ -29,6 +29,10 @@ WEIGHT_KEY = "num-examples"
 STATISTICS_ACTION = "batchnorm_statistics"
 STATISTICS_MESSAGE = f"query.{STATISTICS_ACTION}"  # Flower message type: category.action
 
+# Who a node is: a clinic answers with its site name only, so a round can draw clinics by name.
+ROLL_CALL_ACTION = "roll_call"
+ROLL_CALL_MESSAGE = f"query.{ROLL_CALL_ACTION}"
+
 # The opt-in cross-site round after the last federated round: a clinic trains a model on its own
 # images alone and returns it, then every sampled clinic scores each such model and the global one.
 LOCAL_MODEL_ACTION = "local_model"

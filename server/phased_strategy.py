@@ -39,6 +39,8 @@ from protocol.replies import TRAIN_METRICS, EvaluateMetrics, Metrics, ReplyRejec
 from protocol.schedule import Phase, is_statistic, phase_state
 from server.differential_privacy import clipping_bound
 from server.example_weights import capped_examples
+from server.grid_views import SampledGrid
+from server.node_sampling import draw_clinics, sample_size
 from server.optimiser_state import OptimiserState, optimiser_state, restore_optimiser_state
 from server.recalibration import Pooling, pool_statistics, recalibrate
 from server.reply_screening import ReplyScreen, Screened, rejection_reason
@@ -141,6 +143,23 @@ class PhasedStrategy(Strategy):
         while len(list(grid.get_node_ids())) < self.config.min_nodes:
             time.sleep(NODE_WAIT_S)
 
+    def draw(self, grid: Grid, current: int, stage: Stage) -> list[int]:
+        """The connected clinics `stage` of round `current` takes (`server.node_sampling`)."""
+        config = self.config
+        fraction, minimum = (
+            (config.fraction_train, config.min_train_nodes)
+            if stage == "train"
+            else (config.fraction_evaluate, config.min_evaluate_nodes)
+        )
+        nodes = sorted(grid.get_node_ids())
+        count = sample_size(len(nodes), fraction, minimum)
+        if count < len(nodes):
+            self.screen.roll_call(grid, nodes, config.round_timeout)
+            log(INFO, "round %d: %d of %d clinics drawn to %s", current, count, len(nodes), stage)
+        return draw_clinics(
+            {node: self.screen.site(node) for node in nodes}, count, config.seed, current, stage
+        )
+
     # -- training ----------------------------------------------------------------------------
 
     def configure_train(
@@ -160,8 +179,9 @@ class PhasedStrategy(Strategy):
         if hasattr(self.inner[phase], "current_arrays"):
             # FedAvgM steps from the weights it last sent; the recalibrated statistics are ours.
             self.inner[phase].current_arrays = to_record(self.sent)
+        drawn = SampledGrid(grid, self.draw(grid, current, "train"))
         messages = self.inner[phase].configure_train(
-            current, to_record(self.sent), self._instructions(current, phase), grid
+            current, to_record(self.sent), self._instructions(current, phase), drawn
         )
         return self.screen.sent(messages)
 
@@ -216,7 +236,8 @@ class PhasedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         current, phase = self._round(server_round)
-        if phase == "prewarm":
+        evaluated = self.draw(grid, current, "evaluate") if phase == "finetune" else []
+        if not evaluated:
             return self.screen.sent([])
         instructions = self._instructions(current, "finetune")
         if self.config.recalibrate_statistics:
@@ -235,7 +256,7 @@ class PhasedStrategy(Strategy):
             self.global_state = {**self.global_state, **pooled}
         classifier = phase_state(self.global_state, "finetune")
         messages = self.inner[phase].configure_evaluate(
-            current, to_record(classifier), instructions, grid
+            current, to_record(classifier), instructions, SampledGrid(grid, evaluated)
         )
         return self.screen.sent(messages)
 

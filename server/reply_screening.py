@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from logging import WARNING
 from typing import Generic, TypeVar
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from protocol.arrays import ArrayMismatch
-from protocol.records import METRICS_KEY
+from protocol.records import METRICS_KEY, ROLL_CALL_MESSAGE
 from protocol.replies import Metrics, ReplyRejected, check_protocol_version, replying_site
 from protocol.site_names import is_site_name
 from server.round_record import Stage
@@ -63,6 +65,28 @@ class ReplyScreen:
         for node in grid.get_nodes():
             if is_site_name(node.name):
                 self.registered_names[node.node_id] = node.name
+
+    def roll_call(self, grid: Grid, nodes: Iterable[int], timeout: float) -> None:
+        """Ask the nodes known by neither a registered name nor a reply who they are. A node
+        that does not answer, or claims a name it may not, stays `node-<id>` for now."""
+        unknown = [
+            n for n in nodes if n not in self.registered_names and n not in self.site_of_node
+        ]
+        if not unknown:
+            return
+        messages = [
+            Message(RecordDict({}), dst_node_id=node, message_type=ROLL_CALL_MESSAGE)
+            for node in unknown
+        ]
+        replies = list(grid.send_and_receive(self.sent(messages), timeout=timeout))
+        for node, reply in zip(self._senders(replies), replies, strict=True):
+            try:
+                if reply.has_error():
+                    raise ReplyRejected(printable(reply.error.reason))
+                check_protocol_version(reply.content)
+                self._identify(node, reply, set(self.site_of_node.values()))
+            except Exception as error:
+                log(WARNING, "roll call: %s: %s", self.site(node), rejection_reason(error))
 
     def site(self, node: int) -> str:
         """A node's name in the records: its registered SuperNode name, else the site name it

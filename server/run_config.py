@@ -34,7 +34,7 @@ ROBUST_STRATEGIES = frozenset({"fedmedian", "fedtrimmedavg", "krum"})
 # once here, so the test comparing `hxr simulate` with `flwr run` knows the difference.
 SIMULATION_DERIVED = {
     "classes": "the classes found in the simulated data",
-    "min_nodes": "the number of virtual clinics (every clinic joins every round)",
+    "min_nodes": "the number of virtual clinics (rounds start once all are up, then sample)",
     "out_dir": "hxr simulate --out",
     "resume": "hxr simulate --resume",
 }
@@ -70,8 +70,18 @@ class FederationSettings(BaseModel):
     batch_size: int = Field(32, ge=2, le=4096, description="local batch size")
     model: str = Field("hxr50", description="model variant")
     image_size: int = Field(64, ge=16, le=1024, description="images are S x S px")
-    fraction_train: float = Field(1.0, gt=0, le=1, description="share of clinics trained")
-    fraction_evaluate: float = Field(1.0, ge=0, le=1, description="share of clinics evaluated")
+    fraction_train: float = Field(
+        1.0, gt=0, le=1, description="share of the connected clinics trained each round (seeded)"
+    )
+    fraction_evaluate: float = Field(
+        1.0, ge=0, le=1, description="share of the connected clinics evaluated each round"
+    )
+    min_train_nodes: int = Field(
+        2, ge=1, description="clinics trained each round at least, whatever fraction-train gives"
+    )
+    min_evaluate_nodes: int = Field(
+        2, ge=1, description="clinics evaluated each round at least (unless fraction-evaluate is 0)"
+    )
     seed: int = Field(0, description="seeds everything")
     strategy: StrategyName = Field("fedavg", description="aggregation rule")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx's proximal term (fedprox)")
@@ -186,6 +196,11 @@ class FederationSettings(BaseModel):
         query would release each site's statistics without noise, so DP turns it off."""
         if self.dp_noise_multiplier == 0:
             return self
+        if self.fraction_train < 1:
+            raise ValueError(
+                "dp-noise-multiplier needs fraction-train = 1: the accountant assumes every "
+                "round trains every clinic (no amplification by sampling)"
+            )
         if self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(
                 f"dp-noise-multiplier needs strategy fedavg or fedprox, not {self.strategy}"
@@ -228,6 +243,7 @@ class FederationConfig(FederationSettings):
     """The coordinator's run config: the shared settings, the classes and where results go."""
 
     classes: list[str] = Field(min_length=2)
+    # Clinics a round waits for before it samples (`min-train-nodes` is how many it trains).
     min_nodes: int = Field(2, ge=1)
     # Where results go; empty means `runs/<Flower run id>`. Resuming needs the same directory.
     out_dir: str = ""

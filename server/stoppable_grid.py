@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from server.grid_views import DelegatingGrid
+
 POLL_S = 0.2
 
 
@@ -21,26 +23,16 @@ class SimulationStopped(RuntimeError):
     """Raised in the ServerApp thread once the simulation around it has ended."""
 
 
-class StoppableGrid(Grid):
+class StoppableGrid(DelegatingGrid):
     """Delegates to `grid`; every wait checks `stop` first."""
 
     def __init__(self, grid: Grid, stop: threading.Event) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.stop = stop
 
     def _check(self) -> None:
         if self.stop.is_set():
             raise SimulationStopped("the simulation ended before the ServerApp")
-
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self.grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
         self._check()

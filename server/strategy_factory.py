@@ -29,14 +29,14 @@ from server.run_config import FederationConfig
 
 
 def make_flower_strategy(config: FederationConfig) -> FedAvg:
-    """The aggregation rule named in the run config."""
-    evaluate_nodes = config.min_nodes if config.fraction_evaluate > 0 else 0
+    """The aggregation rule named in the run config. It is handed only the clinics
+    `server.node_sampling` drew for the round, and takes them all."""
     common: dict[str, Any] = {
-        "fraction_train": config.fraction_train,
-        "fraction_evaluate": config.fraction_evaluate,
-        "min_train_nodes": config.min_nodes,
-        "min_evaluate_nodes": evaluate_nodes,
-        "min_available_nodes": config.min_nodes,
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": 1,
         "weighted_by_key": WEIGHT_KEY,
         "arrayrecord_key": ARRAYS_KEY,
         "configrecord_key": CONFIG_KEY,

@@ -3,7 +3,14 @@
 The same ServerApp and ClientApp as in deployment run in-process via
 `flwr.simulation.run_simulation`: no local SuperLink is started (so nothing keeps running after
 the call), and no runtime environment is built (so nothing is downloaded). Each virtual clinic
-is one partition of a dataset, played by a Ray actor limited to one CPU core.
+is one partition of a dataset, played by a Ray actor limited to one CPU core, on a Ray instance
+of this process or on an existing cluster (`ray_address`).
+
+Flower 1.42 marks this entry point deprecated in favour of `flwr run` against a local SuperLink.
+It stays here, as the one thin adapter to Flower's simulation engine, because studies hand it
+Python objects no run config carries (a hostile clinic's own ClientApp in the label-flip and
+hostile-federation studies, the per-clinic label maps), and because it owns no process that
+could outlive the run; `CalmTerminal` keeps Flower's notice off the user's terminal.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from client.site_config import PrivacyPolicy
 from hxr_model.data import DataSplits, load_splits, partition
@@ -40,7 +47,7 @@ class SimulationSettings(FederationSettings):
     """`hxr simulate`: the federation's settings (defaults: the README demo, under five minutes
     on two CPU cores) plus what only virtual clinics on one machine need."""
 
-    sites: int = Field(4, ge=1, le=64, description="number of virtual clinics")
+    sites: int = Field(4, ge=1, le=1000, description="number of virtual clinics")
     privacy: PrivacyPolicy = Field("heatmap", description="what Grad-CAM samples clinics share")
     skip_bad: bool = Field(False, description="leave unreadable files out")
     label_map: dict[str, str] = Field(
@@ -53,6 +60,12 @@ class SimulationSettings(FederationSettings):
     out: Path = Field(description="run folder")
     resume: bool = Field(False, description="continue the run in --out after its last round")
     cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        description="run the clinics on an existing Ray cluster (the address `ray start --head` "
+        "prints); every node needs this environment and the data at the same path",
+    )
     verbose: bool = Field(
         False, description="show Flower's and Ray's own log lines and every clinic's progress"
     )
@@ -62,6 +75,14 @@ class SimulationSettings(FederationSettings):
         "pooled test split and on every clinic's share",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> SimulationSettings:
+        if self.ray_address and self.cpus:
+            raise ValueError(
+                "--cpus sizes a local Ray instance; a cluster (--ray-address) has its own"
+            )
+        return self
 
 
 def federation_config(settings: SimulationSettings, class_names: list[str]) -> FederationConfig:
@@ -80,13 +101,26 @@ def backend_config(settings: SimulationSettings) -> dict:
     """One core per virtual clinic, at most as many clinics at once as the machine has cores.
 
     Ray hides GPUs from actors that reserve none, so with a GPU the clinics running at the same
-    time share it in equal fractions.
+    time share it in equal fractions. On an existing cluster (`ray_address`) the cluster's own
+    resources decide how many clinics run at once, one per free core; with `--device cuda` each
+    reserves a whole GPU.
     """
+    if settings.ray_address:
+        return {
+            "client_resources": {
+                "num_cpus": 1,
+                "num_gpus": 1.0 if settings.device == "cuda" else 0,
+            },
+            "init_args": {"address": settings.ray_address, "log_to_driver": settings.verbose},
+        }
     cpus = settings.cpus or max(1, min(settings.sites, len(os.sched_getaffinity(0))))
     gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": min(1.0, gpus / cpus) if gpus else 0.0},
         "init_args": {
+            # A fresh instance of our own, even where `ray start` left a cluster on this machine
+            # (Ray would join it, or fail on a stale address it recorded).
+            "address": "local",
             "num_cpus": cpus,
             "num_gpus": gpus,
             "include_dashboard": False,

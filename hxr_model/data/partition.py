@@ -7,6 +7,9 @@ Schemes (seeded; whole patients move together, so sites never share an image or 
 - `quantity:ALPHA[:MIN]` or `quantity:W1,W2,...`: size skew with the pooled class mix; site
   shares from one Dirichlet(ALPHA) draw or the given weights.
 - `by-source`: one site per value of `source` (real scanners / hospitals), in natural order.
+  With more sites than sources (a study of many district clinics with a few scanner types),
+  each source gets a share of the sites proportional to its images, and its patients are dealt
+  evenly over them with its class mix: every site still holds one scanner's images.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def partition(
     labels = group_labels(dataset, groups)
     kind, _, argument = scheme.partition(":")
     if kind == "by-source" and not argument:
-        site_of = _by_source(dataset, groups, num_sites)
+        site_of = _by_source(dataset, groups, labels, num_sites, np.random.default_rng(seed))
     elif kind == "iid" and not argument:
         shares = np.full((len(dataset.class_names), num_sites), 1.0 / num_sites)
         site_of = _deal(groups, labels, shares, np.random.default_rng(seed))
@@ -128,18 +131,47 @@ def _deal(
     return site_of
 
 
-def _by_source(dataset: RadiographDataset, groups: list[np.ndarray], num_sites: int) -> np.ndarray:
+def _by_source(
+    dataset: RadiographDataset,
+    groups: list[np.ndarray],
+    labels: np.ndarray,
+    num_sites: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     group_sources = [dataset.sources[group[0]] for group in groups]
     unknown = sum(source is None for source in group_sources)
     if unknown:
         raise DataError(f"by-source partition: {unknown} image(s) have no source")
     names = sorted(set(group_sources), key=natural_key)
-    if len(names) != num_sites:
+    if num_sites < len(names):
         raise DataError(
             f"by-source partition: the data has {len(names)} sources ({', '.join(names)}), "
-            f"not {num_sites} sites"
+            f"more than {num_sites} sites: each source needs a site of its own"
         )
-    return np.array([names.index(source) for source in group_sources], dtype=np.int64)
+    source_of = np.array([names.index(source) for source in group_sources], dtype=np.int64)
+    if num_sites == len(names):
+        return source_of
+    sizes = np.bincount(source_of, weights=[len(group) for group in groups])
+    site_of = np.zeros(len(groups), dtype=np.int64)
+    first_site = 0
+    for source, count in enumerate(_sites_per_source(sizes, num_sites)):
+        members = np.flatnonzero(source_of == source)
+        shares = np.full((len(dataset.class_names), count), 1.0 / count)
+        site_of[members] = first_site + _deal(
+            [groups[g] for g in members], labels[members], shares, rng
+        )
+        first_site += count
+    return site_of
+
+
+def _sites_per_source(sizes: np.ndarray, num_sites: int) -> np.ndarray:
+    """One site per source, the rest shared in proportion to the sources' image counts (largest
+    remainder, ties to the earlier source)."""
+    quota = sizes / sizes.sum() * (num_sites - len(sizes))
+    counts = 1 + np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    counts[order[: num_sites - counts.sum()]] += 1
+    return counts
 
 
 def label_skew(dataset: RadiographDataset, parts: list[np.ndarray]) -> float:

@@ -90,7 +90,7 @@ def test_the_terminal_shows_one_line_per_round_and_no_deprecation_or_raw_metrics
 def test_an_impossible_partition_fails_in_one_line_before_starting_clinics(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    arguments = ["simulate", "--data", "synthetic:40:2", "--sites", "3", "--image-size", "32"]
+    arguments = ["simulate", "--data", "synthetic:40:2", "--sites", "1", "--image-size", "32"]
     assert main([*arguments, "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("hxr: error:") and "\n" not in error

@@ -84,7 +84,24 @@ def test_by_source_follows_the_source_column() -> None:
     assert {dataset.sources[i] for i in north} == {"north"}
     assert {dataset.sources[i] for i in south} == {"south"}
     with pytest.raises(DataError, match="2 sources"):
-        partition(dataset, "by-source", 3)
+        partition(dataset, "by-source", 1)
+
+
+def test_by_source_shares_out_the_sites_when_there_are_more_than_sources() -> None:
+    dataset = labelled(300)
+    counts = {s: list(dataset.sources).count(s) for s in ("north", "south")}
+    parts = partition(dataset, "by-source", 7, seed=3)
+    sources = [{dataset.sources[i] for i in part} for part in parts]
+    assert all(len(names) == 1 for names in sources)  # every site holds one scanner's images
+    per_source = {s: sum(names == {s} for names in sources) for s in counts}
+    assert sum(per_source.values()) == 7 and min(per_source.values()) >= 1
+    share = counts["north"] / 300
+    assert abs(per_source["north"] - 7 * share) <= 1  # sites follow the sources' sizes
+    assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+    north = [part for part, names in zip(parts, sources, strict=True) if names == {"north"}]
+    assert max(map(len, north)) - min(map(len, north)) <= 10  # dealt evenly within a source
+    again = partition(dataset, "by-source", 7, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 def test_minimum_per_site_and_impossible_requests() -> None:

@@ -1,0 +1,81 @@
+"""Client sampling: seeded by site name, so a fresh process (new node IDs) draws the same
+clinics, and a round trains and evaluates exactly the clinics it drew."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from client.client_app import SimulatedSites, build_client_app
+from server.federation import run_federation
+from server.node_sampling import draw_clinics, sample_size
+
+from .conftest import LocalGrid
+
+NAMES = [f"site-{k}" for k in range(1, 11)]
+
+
+def test_sample_size_follows_fraction_minimum_and_supply() -> None:
+    assert sample_size(100, 0.1, 2) == 10
+    assert sample_size(10, 0.1, 2) == 2  # the minimum wins over a small fraction
+    assert sample_size(3, 0.5, 5) == 3  # never more than are connected
+    assert sample_size(100, 0.0, 2) == 0  # fraction 0: no evaluation at all
+    assert sample_size(7, 1.0, 2) == 7
+
+
+def test_the_draw_depends_on_names_and_round_not_on_node_ids() -> None:
+    first = {1000 + k: name for k, name in enumerate(NAMES)}
+    shuffled = {9_000_000 - 7 * k: name for k, name in enumerate(reversed(NAMES))}
+
+    def names(sites: dict[int, str], server_round: int, stage: str = "train") -> list[str]:
+        return [sites[node] for node in draw_clinics(sites, 3, 0, server_round, stage)]
+
+    assert names(first, 4) == names(shuffled, 4)
+    assert len(set(names(first, 4))) == 3
+    assert len({tuple(names(first, r)) for r in range(1, 9)}) > 1  # rounds draw differently
+    assert {tuple(names(first, r)) for r in range(1, 9)} != {
+        tuple(names(first, r, "evaluate")) for r in range(1, 9)
+    }
+    everyone = draw_clinics(first, 10, 0, 1, "train")
+    assert [first[node] for node in everyone] == sorted(NAMES)
+
+
+def run_sampled(make_config, tmp_path, node_ids: list[int], out: str) -> list[dict]:
+    sites = SimulatedSites("synthetic:120:2", "iid", seed=0)
+    grid = LocalGrid({node: build_client_app(sites) for node in node_ids}, len(node_ids))
+    config = make_config(
+        min_nodes=len(node_ids),
+        fraction_train=0.4,
+        min_train_nodes=1,
+        fraction_evaluate=0.2,
+        min_evaluate_nodes=1,
+        out_dir=str(tmp_path / out),
+    )
+    run_dir = run_federation(grid, config, run_id=1)
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_rounds_take_the_drawn_clinics_and_a_new_process_draws_the_same(
+    make_config, tmp_path
+) -> None:
+    records = run_sampled(make_config, tmp_path, [100, 101, 102, 103, 104], "first")
+    expected = {node: f"site-{k + 1}" for k, node in enumerate([100, 101, 102, 103, 104])}
+    for record in records:
+        drawn = [expected[n] for n in draw_clinics(expected, 2, 0, record["round"], "train")]
+        assert sorted(record["train"]["sites"]) == sorted(drawn)
+        assert not record["failures"] and not record["rejected"]
+    assert len(records[1]["evaluate"]["sites"]) == 1 and records[0]["evaluate"]["sites"] == {}
+    # Fresh node IDs in another order, as after a restart: the same clinics train.
+    again = run_sampled(make_config, tmp_path, [9_004, 7_003, 8_002, 6_001, 5_000], "again")
+    assert [sorted(r["train"]["sites"]) for r in again] == [
+        sorted(r["train"]["sites"]) for r in records
+    ]
+    assert [sorted(r["evaluate"]["sites"]) for r in again] == [
+        sorted(r["evaluate"]["sites"]) for r in records
+    ]
+
+
+def test_differential_privacy_refuses_sampling(make_config) -> None:
+    with pytest.raises(ValueError, match="fraction-train = 1"):
+        make_config(dp_noise_multiplier=1.0, fraction_train=0.5, recalibrate_statistics=False)
