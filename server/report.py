@@ -47,6 +47,10 @@ TEMPLATES = Environment(
 TEMPLATES.filters["fmt"] = format_cell
 
 
+# Beyond this many clinics the plots stop naming each one (a legend or grid would not fit).
+MAX_NAMED_SITES = 12
+
+
 def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -67,6 +71,7 @@ def _metric_plot(records: Sequence[RoundRecord], prewarm_rounds: int) -> str:
         axes = figure.add_subplot(2, 2, index)
         results = [(record.round, getattr(record, stage)) for record in records]
         sites = sorted({site for _, result in results for site in result.sites})
+        named = len(sites) <= MAX_NAMED_SITES
         for site in sites:
             points = [
                 (number, result.sites[site].get(key))
@@ -74,7 +79,12 @@ def _metric_plot(records: Sequence[RoundRecord], prewarm_rounds: int) -> str:
                 if site in result.sites
             ]
             points = [(x, y) for x, y in points if y is not None]
-            axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=site)
+            xs, ys = [x for x, _ in points], [y for _, y in points]
+            if named:
+                axes.plot(xs, ys, marker="o", label=site)
+            else:  # a legend of every clinic would not fit: thin grey lines, one label
+                label = f"{len(sites)} clinics" if site == sites[0] else None
+                axes.plot(xs, ys, color="0.6", linewidth=0.6, alpha=0.6, label=label)
         federated = [
             (number, result.aggregate.get(key)) for number, result in results if result.aggregate
         ]
@@ -93,12 +103,15 @@ def _metric_plot(records: Sequence[RoundRecord], prewarm_rounds: int) -> str:
 
 
 def _confusion_plot(record: RoundRecord, class_names: Sequence[str]) -> str | None:
-    """The federation's and each site's confusion matrix; None when no one sent one."""
+    """The federation's and each site's confusion matrix (beyond MAX_NAMED_SITES sites, those
+    of the sites with the lowest accuracy); None when no one sent one."""
     matrices = {"federation": record.evaluate.aggregate.get("confusion-matrix")}
-    matrices |= {
-        site: metrics.get("confusion-matrix")
-        for site, metrics in sorted(record.evaluate.sites.items())
-    }
+    sites = sorted(record.evaluate.sites.items())
+    if len(sites) > MAX_NAMED_SITES:
+        worst_first = sorted(sites, key=lambda item: np.nan_to_num(_accuracy(item[1]), nan=2.0))
+        sites = worst_first[: MAX_NAMED_SITES - 1]
+        sites = [(f"{site} (worst {rank})", m) for rank, (site, m) in enumerate(sites, start=1)]
+    matrices |= {site: metrics.get("confusion-matrix") for site, metrics in sites}
     matrices = {name: matrix for name, matrix in matrices.items() if matrix}
     if not matrices:
         return None

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -18,16 +19,21 @@ from server.stoppable_grid import StoppableGrid
 
 
 def build_server_app(
-    config: FederationConfig | None = None, stop: threading.Event | None = None
+    config: FederationConfig | None = None,
+    stop: threading.Event | None = None,
+    on_replies: Callable[[int, int], None] | None = None,
 ) -> ServerApp:
     """A ServerApp running `config`, or the run config of each Flower run when None. With
-    `stop`, the app gives up waiting for nodes once the event is set (in-process simulation)."""
+    `stop`, the app gives up waiting for nodes once the event is set, and `on_replies(received,
+    sent)` hears of each reply of a stage (in-process simulation)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederationConfig.from_run_config(context.run_config)
-        run_federation(StoppableGrid(grid, stop) if stop else grid, run_config, context.run_id)
+        if stop is not None:
+            grid = StoppableGrid(grid, stop, on_replies)
+        run_federation(grid, run_config, context.run_id)
 
     return app
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -26,9 +26,15 @@ class SimulationStopped(RuntimeError):
 class StoppableGrid(DelegatingGrid):
     """Delegates to `grid`; every wait checks `stop` first."""
 
-    def __init__(self, grid: Grid, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        stop: threading.Event,
+        on_replies: Callable[[int, int], None] | None = None,
+    ) -> None:
         super().__init__(grid)
         self.stop = stop
+        self.on_replies = on_replies
 
     def _check(self) -> None:
         if self.stop.is_set():
@@ -49,14 +55,18 @@ class StoppableGrid(DelegatingGrid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Flower's push-then-poll loop, polling often and checking `stop` on every turn."""
+        """Flower's push-then-poll loop, polling often and checking `stop` on every turn;
+        `on_replies(received, sent)` hears of every reply as it arrives."""
         pending = set(self.push_messages(messages))
+        sent = len(pending)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending and (deadline is None or time.monotonic() < deadline):
             received = list(self.pull_messages(pending))
             replies.extend(received)
             pending -= {message.metadata.reply_to_message_id for message in received}
+            if self.on_replies is not None and received:
+                self.on_replies(len(replies), sent)
             if pending:
                 self.stop.wait(POLL_S)
         return replies

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from client.site_config import PrivacyPolicy
 from hxr_model.data import DataSplits, load_splits, partition
@@ -193,6 +195,32 @@ class CalmTerminal(logging.Filter):
         return message.startswith("round ") and " done in " in message
 
 
+class ReplyProgress:
+    """A live line on a terminal, `clinics 7/10`, while a stage's replies come in; it clears
+    itself when the last one is in (the round's own line follows). Nothing where the output is
+    not a terminal (logs, pipes, tests) or with --verbose, where every clinic logs its own."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def __call__(self, received: int, sent: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None or self.bar.total != sent or received < self.bar.n:
+            self.close()
+            # Replies arrive at most every poll of the grid: redraw on each.
+            self.bar = tqdm(total=sent, desc="clinics", leave=False, file=sys.stderr, mininterval=0)
+        self.bar.update(received - self.bar.n)
+        if received >= sent:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def simulate(settings: SimulationSettings) -> Path:
     """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
     quiet_flower()
@@ -207,17 +235,19 @@ def simulate(settings: SimulationSettings) -> Path:
     config = federation_config(settings, class_names)
     sites = simulated_sites(settings)
     stop = threading.Event()
+    progress = ReplyProgress(not settings.verbose and sys.stderr.isatty())
     calm = CalmTerminal(settings.verbose)
     logging.getLogger(FLOWER_LOGGER).addFilter(calm)
     try:
         run_simulation(
-            server_app=build_server_app(config, stop),
+            server_app=build_server_app(config, stop, progress),
             client_app=build_client_app(sites),
             num_supernodes=settings.sites,
             backend_config=backend_config(settings),
         )
     finally:
         stop.set()  # an interrupted run's ServerApp thread would otherwise wait for replies
+        progress.close()
         if ray.is_initialized():
             ray.shutdown()
         logging.getLogger(FLOWER_LOGGER).removeFilter(calm)

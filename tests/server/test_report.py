@@ -5,14 +5,18 @@ import math
 import re
 import shutil
 import subprocess
+import warnings
+from base64 import b64decode
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from protocol.gradcam_samples import GradcamSamples
 from server.federation import RoundCommitter
-from server.report import write_report
+from server.report import MAX_NAMED_SITES, _confusion_plot, _metric_plot, write_report
 from server.round_record import RoundRecord
 from server.run_config import FederationConfig
 from server.run_store import RunStore
@@ -183,3 +187,21 @@ def test_personalised_scores_get_columns_only_where_clinics_report_them(tmp_path
     RoundCommitter(config, RunStore(tmp_path / "r")).record_round(personal, {})
     page = write_both(RunStore(tmp_path / "r"), config)
     assert "personalised-accuracy" in page and "0.625" in page
+
+
+def test_a_hundred_clinics_get_readable_plots_without_warnings(tmp_path: Path) -> None:
+    """Beyond MAX_NAMED_SITES the curves lose their legend and the confusion matrices show the
+    clinics served worst: a legend of 100 names collapsed matplotlib's layout (a warning on the
+    user's terminal) and 100 matrices made a page-long image."""
+    sites = {f"site-{k}": site_metrics(k / 100, 8) for k in range(1, 101)}
+    final = record(2, "finetune")
+    final.evaluate.sites = sites
+    final.train.sites = {name: train_metrics(1.0) for name in sites}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _metric_plot([record(1, "prewarm"), final], 1)
+        matrices = _confusion_plot(final, CLASSES)
+    assert matrices is not None
+    height = Image.open(BytesIO(b64decode(matrices))).height
+    rows = math.ceil(MAX_NAMED_SITES / 3)
+    assert height <= rows * 3.9 * 90 + 1  # federation + the 11 worst clinics, 3 per row
