@@ -165,8 +165,8 @@ class Traffic:
 class RecordingGrid(StoppableGrid):
     """The ServerApp's grid, keeping every message it sends and every reply it receives."""
 
-    def __init__(self, grid, stop: threading.Event, traffic: Traffic) -> None:
-        super().__init__(grid, stop)
+    def __init__(self, grid, stop: threading.Event, on_replies=None, *, traffic: Traffic) -> None:
+        super().__init__(grid, stop, on_replies)
         self.traffic = traffic
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

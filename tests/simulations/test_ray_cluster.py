@@ -118,12 +118,15 @@ def cluster_nodes(address: str) -> dict[str, str]:
 
 def raylet_nodes(sockets: dict[str, str]) -> dict[int, str]:
     """pid of each raylet -> its Ray node ID (its command line names its socket)."""
-    return {
-        pid: node
-        for pid, (_, _, command) in process_table().items()
-        for socket_name, node in sockets.items()
-        if "raylet" in command.split(" ")[0] and f"--raylet_socket_name={socket_name}" in command
-    }
+    nodes = {}
+    for pid, (_, _, command) in process_table().items():
+        arguments = command.split(" ")
+        if arguments[0].endswith("/raylet"):
+            for socket_name, node in sockets.items():
+                # Whole arguments: the worker's socket "raylet.1" starts with the head's "raylet".
+                if f"--raylet_socket_name={socket_name}" in arguments:
+                    nodes[pid] = node
+    return nodes
 
 
 @pytest.fixture
