@@ -57,6 +57,7 @@ class ReplyScreen:
         self.note = note
         self.site_of_node: dict[int, str] = {}
         self.registered_names: dict[int, str] = {}
+        self.roll_called: set[int] = set()
         self.outgoing: list[Message] = []
         self.awaited: set[int] = set()
 
@@ -67,13 +68,19 @@ class ReplyScreen:
                 self.registered_names[node.node_id] = node.name
 
     def roll_call(self, grid: Grid, nodes: Iterable[int], timeout: float) -> None:
-        """Ask the nodes known by neither a registered name nor a reply who they are. A node
-        that does not answer, or claims a name it may not, stays `node-<id>` for now."""
+        """Ask the nodes known by neither a registered name nor a reply who they are, once
+        each: a node that does not answer, or claims a name it may not, stays `node-<id>` until
+        a later reply names it, and a silent one does not hold up every round's draw."""
         unknown = [
-            n for n in nodes if n not in self.registered_names and n not in self.site_of_node
+            node
+            for node in nodes
+            if node not in self.registered_names
+            and node not in self.site_of_node
+            and node not in self.roll_called
         ]
         if not unknown:
             return
+        self.roll_called.update(unknown)
         messages = [
             Message(RecordDict({}), dst_node_id=node, message_type=ROLL_CALL_MESSAGE)
             for node in unknown

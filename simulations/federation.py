@@ -6,11 +6,13 @@ the call), and no runtime environment is built (so nothing is downloaded). Each 
 is one partition of a dataset, played by a Ray actor limited to one CPU core, on a Ray instance
 of this process or on an existing cluster (`ray_address`).
 
-Flower 1.42 marks this entry point deprecated in favour of `flwr run` against a local SuperLink.
-It stays here, as the one thin adapter to Flower's simulation engine, because studies hand it
-Python objects no run config carries (a hostile clinic's own ClientApp in the label-flip and
-hostile-federation studies, the per-clinic label maps), and because it owns no process that
-could outlive the run; `CalmTerminal` keeps Flower's notice off the user's terminal.
+Flower 1.42 marks this entry point deprecated in favour of `flwr run` against a local SuperLink,
+which works for our app (docs/benchmarks.md: 1.1-1.5x the wall time of a tiny job, and it leaves
+its SuperLink running). This module stays the one thin adapter to Flower's simulation engine
+until `hxr simulate` starts and stops such a SuperLink itself: studies hand it Python objects no
+run config carries (a hostile clinic's own ClientApp in the label-flip and hostile-federation
+studies, the per-clinic label maps), and it owns no process that could outlive the run.
+`CalmTerminal` keeps Flower's notice off the user's terminal.
 """
 
 from __future__ import annotations

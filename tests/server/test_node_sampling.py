@@ -8,6 +8,7 @@ import json
 import pytest
 
 from client.client_app import SimulatedSites, build_client_app
+from protocol.records import ROLL_CALL_MESSAGE
 from server.federation import run_federation
 from server.node_sampling import draw_clinics, sample_size
 
@@ -79,3 +80,36 @@ def test_rounds_take_the_drawn_clinics_and_a_new_process_draws_the_same(
 def test_differential_privacy_refuses_sampling(make_config) -> None:
     with pytest.raises(ValueError, match="fraction-train = 1"):
         make_config(dp_noise_multiplier=1.0, fraction_train=0.5, recalibrate_statistics=False)
+
+
+class CountingGrid(LocalGrid):
+    """Counts the roll-call messages each node is sent."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for message in messages:
+            if message.metadata.message_type == ROLL_CALL_MESSAGE:
+                node = message.metadata.dst_node_id
+                self.roll_calls[node] = self.roll_calls.get(node, 0) + 1
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_clinic_that_does_not_answer_the_roll_call_is_asked_once(make_config, tmp_path) -> None:
+    honest = build_client_app(SimulatedSites("synthetic:120:2", "iid", seed=0))
+
+    def nameless(message, context):  # e.g. a clinic on an older protocol
+        if message.metadata.message_type == ROLL_CALL_MESSAGE:
+            raise RuntimeError("no roll call here")
+        return honest(message, context)
+
+    grid = CountingGrid({100: honest, 101: honest, 102: honest, 103: nameless}, 4)
+    grid.roll_calls = {}
+    config = make_config(min_nodes=4, fraction_train=0.5, min_train_nodes=1, fraction_evaluate=0.5)
+    records = [
+        json.loads(line)
+        for line in (run_federation(grid, config, run_id=1) / "rounds.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert grid.roll_calls == {100: 1, 101: 1, 102: 1, 103: 1}  # 2 rounds, 3 draws: asked once
+    assert all(len(record["train"]["sites"]) == 2 for record in records)
