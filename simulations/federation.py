@@ -212,7 +212,14 @@ class ReplyProgress:
         if self.bar is None or self.bar.total != sent or received < self.bar.n:
             self.close()
             # Replies arrive at most every poll of the grid: redraw on each.
-            self.bar = tqdm(total=sent, desc="clinics", leave=False, file=sys.stderr, mininterval=0)
+            self.bar = tqdm(
+                total=sent,
+                desc="clinics",
+                leave=False,
+                file=sys.stderr,
+                mininterval=0,
+                bar_format="{desc} {n}/{total} |{bar}| {elapsed}",
+            )
         self.bar.update(received - self.bar.n)
         if received >= sent:
             self.close()
