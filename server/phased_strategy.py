@@ -236,8 +236,7 @@ class PhasedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         current, phase = self._round(server_round)
-        evaluated = self.draw(grid, current, "evaluate") if phase == "finetune" else []
-        if not evaluated:
+        if phase == "prewarm":
             return self.screen.sent([])
         instructions = self._instructions(current, "finetune")
         if self.config.recalibrate_statistics:
@@ -254,6 +253,10 @@ class PhasedStrategy(Strategy):
                 self.config.trim_fraction,
             )
             self.global_state = {**self.global_state, **pooled}
+        # The statistics above belong to the global model whether or not anyone evaluates it.
+        evaluated = self.draw(grid, current, "evaluate")
+        if not evaluated:
+            return self.screen.sent([])
         classifier = phase_state(self.global_state, "finetune")
         messages = self.inner[phase].configure_evaluate(
             current, to_record(classifier), instructions, SampledGrid(grid, evaluated)

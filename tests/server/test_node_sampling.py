@@ -113,3 +113,10 @@ def test_a_clinic_that_does_not_answer_the_roll_call_is_asked_once(make_config, 
     ]
     assert grid.roll_calls == {100: 1, 101: 1, 102: 1, 103: 1}  # 2 rounds, 3 draws: asked once
     assert all(len(record["train"]["sites"]) == 2 for record in records)
+
+
+def test_no_evaluation_still_recalibrates_the_global_statistics(make_grid, make_config) -> None:
+    run_dir = run_federation(make_grid(), make_config(fraction_evaluate=0.0), run_id=1)
+    records = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert records[1]["evaluate"]["sites"] == {}
+    assert records[1]["statistics"] == ["site-1", "site-2"]
