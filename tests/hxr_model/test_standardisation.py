@@ -8,8 +8,10 @@ from hxr_model.models import build_model
 from hxr_model.standardisation import (
     DEFAULT_STANDARDISATION,
     EQUALISATION_LEVELS,
+    PERCENTILE_BINS,
     IntensityStandardisation,
     StandardisationConfig,
+    percentiles,
     standardise,
 )
 
@@ -60,6 +62,27 @@ def test_the_clip_limit_keeps_a_flat_border_from_taking_over() -> None:
     chest = (..., slice(None), slice(0, 28))
     clipped = gap(images, bordered, DEFAULT_STANDARDISATION)[chest].mean()
     assert clipped < gap(images, bordered, FULL_EQUALISATION)[chest].mean() / 2
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        torch.rand(3, 4096, generator=torch.Generator().manual_seed(2)) ** 3,  # skewed
+        torch.randint(0, 256, (3, 1000), generator=torch.Generator().manual_seed(3)) / 255,
+        torch.tensor([[0.2, 0.2, 0.2, 0.9], [0.0, 1.0, 0.5, 0.25]]),  # tiny rows, ties
+    ],
+    ids=["continuous", "8-bit", "tiny"],
+)
+def test_percentiles_match_torch_quantile_to_a_bin_of_the_range(rows) -> None:
+    fractions = [0.0, 0.01, 0.5, 0.99, 1.0]
+    exact = torch.quantile(rows, torch.tensor(fractions), dim=1).T
+    bin_width = (rows.amax(1, keepdim=True) - rows.amin(1, keepdim=True)) / PERCENTILE_BINS
+    assert (percentiles(rows, fractions) - exact).abs().le(bin_width + 1e-7).all()
+
+
+def test_a_flat_image_has_its_value_at_every_percentile() -> None:
+    flat = torch.full((1, 100), 0.4)
+    assert torch.allclose(percentiles(flat, [0.01, 0.99]), torch.tensor([[0.4, 0.4]]))
 
 
 def test_windowing_maps_the_percentiles_to_the_full_range() -> None:
