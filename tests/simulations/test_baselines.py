@@ -14,7 +14,13 @@ from client.site_data import load_site_data
 from hxr_model.data.phantoms import PHANTOM_CLASSES
 from protocol.instructions import MAX_CROSS_SITE_CLINICS
 from server.cross_site import FEDERATED, sampled_clinics
-from simulations.baselines import compare_models, local_summary, scores
+from simulations.baselines import (
+    compare_models,
+    local_summary,
+    scores,
+    train_baseline,
+    train_baselines,
+)
 from simulations.federation import SimulationSettings, load_settings_splits, simulated_sites
 
 # The federation's budget, which each comparison model trains with: a pre-warm round, then a
@@ -106,7 +112,8 @@ def test_the_cross_site_matrix_has_every_model_on_every_share_and_a_known_answer
     splits, clinics = clinics_data(settings)
     classes = len(PHANTOM_CLASSES)
     monkeypatch.setattr(
-        "simulations.baselines.train_baseline", lambda *args: AlwaysSays(1, classes)
+        "simulations.baselines.train_baselines",
+        lambda jobs, settings: {name: AlwaysSays(1, classes) for name in jobs},
     )
     comparison = compare_models(settings, splits, AlwaysSays(0, classes), centralized=True)
     matrix = comparison["cross_site"]
@@ -133,6 +140,31 @@ def test_real_local_models_are_trained_with_the_federations_budget(tmp_path) -> 
     local = comparison["pooled_test"]["local-only"]
     assert set(local) == {"site-1", "site-2"} and "centralized" not in comparison["pooled_test"]
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in local.values())
+
+
+def test_baselines_trained_side_by_side_are_those_trained_one_after_the_other(tmp_path) -> None:
+    """Two worker processes, one torch thread each: the same weights as training each model
+    here on one thread, whichever worker took it."""
+    settings = SimulationSettings(
+        data="synthetic:48:2", sites=2, image_size=32, batch_size=16, out=tmp_path, cpus=2,
+        **SMALL_BUDGET,
+    )  # fmt: skip
+    _, clinics = clinics_data(settings)
+    jobs = {f"clinic {k}": (clinic.train, clinic.val) for k, clinic in enumerate(clinics)}
+    side_by_side = train_baselines(jobs, settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_by_one = {name: train_baseline(*job, settings) for name, job in jobs.items()}
+    finally:
+        torch.set_num_threads(threads)
+    assert set(side_by_side) == set(jobs)
+    for name, model in one_by_one.items():
+        expected = model.state_dict()
+        for key, value in side_by_side[name].state_dict().items():
+            assert torch.equal(value, expected[key]), (name, key)
+    first, second = (side_by_side[name].state_dict() for name in jobs)
+    assert not all(torch.equal(first[key], second[key]) for key in first)  # two real models
 
 
 def test_the_local_summary_names_the_best_clinic_and_the_mean() -> None:
