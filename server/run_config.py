@@ -85,8 +85,13 @@ class FederationSettings(BaseModel):
     seed: int = Field(0, description="seeds everything")
     strategy: StrategyName = Field("fedavg", description="aggregation rule")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx's proximal term (fedprox)")
-    server_learning_rate: float = Field(
-        0.01, gt=0, description="the server optimiser's eta (fedadam, fedyogi)"
+    server_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="the server optimiser's step: FedAvgM's learning rate (default 1, FedAvg's "
+        "full step; below 1 the global model moves only that share of the way to the clinics' "
+        "average, which damps a model swinging between clinics' optima), FedAdam's and "
+        "FedYogi's eta (default 0.01)",
     )
     server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM's momentum (fedavgm)")
     trim_fraction: float = Field(
@@ -180,6 +185,12 @@ class FederationSettings(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         return check_model_name(value)
+
+    @field_validator("server_learning_rate", mode="before")
+    @classmethod
+    def _rule_default(cls, value: Any) -> Any:
+        """A run config has no null: "" there means the rule's own default."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> FederationSettings:

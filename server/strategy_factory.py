@@ -27,6 +27,11 @@ from server.differential_privacy import add_differential_privacy
 from server.metric_aggregation import aggregate_metric_records
 from server.run_config import FederationConfig
 
+# The server steps where the run config leaves them to the rule: FedAvgM's full step, which is
+# plain FedAvg's, and the adaptive rules' eta.
+FEDAVGM_LEARNING_RATE = 1.0
+ADAPTIVE_ETA = 0.01
+
 
 def make_flower_strategy(config: FederationConfig) -> FedAvg:
     """The aggregation rule named in the run config. It is handed only the clinics
@@ -46,11 +51,13 @@ def make_flower_strategy(config: FederationConfig) -> FedAvg:
     if config.strategy == "fedprox":
         return FedProx(**common, proximal_mu=config.proximal_mu)
     if config.strategy == "fedavgm":
-        return FedAvgM(**common, server_momentum=config.server_momentum)
+        step = config.server_learning_rate or FEDAVGM_LEARNING_RATE
+        return FedAvgM(**common, server_learning_rate=step, server_momentum=config.server_momentum)
+    eta = config.server_learning_rate or ADAPTIVE_ETA
     if config.strategy == "fedadam":
-        return FedAdam(**common, eta=config.server_learning_rate, eta_l=config.learning_rate)
+        return FedAdam(**common, eta=eta, eta_l=config.learning_rate)
     if config.strategy == "fedyogi":
-        return FedYogi(**common, eta=config.server_learning_rate, eta_l=config.learning_rate)
+        return FedYogi(**common, eta=eta, eta_l=config.learning_rate)
     if config.strategy == "fedmedian":
         return FedMedian(**common)
     if config.strategy == "fedtrimmedavg":

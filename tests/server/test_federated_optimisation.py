@@ -52,6 +52,56 @@ def test_fedavgm_is_configured_with_the_run_configs_momentum() -> None:
     assert isinstance(strategy, FedAvgM) and strategy.server_momentum == 0.7
 
 
+def test_the_server_steps_default_to_each_rules_own() -> None:
+    def made(**settings):
+        return make_flower_strategy(FederationConfig(classes=["a", "b"], **settings))
+
+    assert made(strategy="fedavgm").server_learning_rate == 1.0
+    assert made(strategy="fedavgm", server_learning_rate=0.5).server_learning_rate == 0.5
+    assert made(strategy="fedadam").eta == 0.01
+    assert made(strategy="fedyogi", server_learning_rate=0.1).eta == 0.1
+    assert FederationConfig.from_run_config(
+        {"classes": "a,b", "server-learning-rate": ""}
+    ).server_learning_rate is None  # fmt: skip
+
+
+def test_a_fedavgm_step_of_one_half_moves_the_weights_half_way_to_the_average(
+    make_config,
+) -> None:
+    """Momentum 0, server learning rate 0.5: each weight lands half-way between what the
+    server sent and the clinics' weighted average (statistics are pooled, not stepped)."""
+    received: dict[str, dict[str, np.ndarray]] = {}
+    sent: dict[str, dict[str, np.ndarray]] = {}
+
+    def keeper(name: str):
+        def keep(message: Message, reply: Message) -> Message:
+            received[name] = from_record(message.content[ARRAYS_KEY])
+            sent[name] = from_record(reply.content[ARRAYS_KEY])
+            return reply
+
+        return clinic(name, train=keep)
+
+    grid = LocalGrid({100 + k: keeper(f"clinic-{k}") for k in range(SITES)}, SITES)
+    config = make_config(
+        num_server_rounds=1, prewarm_rounds=0, strategy="fedavgm", server_momentum=0.0,
+        server_learning_rate=0.5, recalibrate_statistics=False,
+    )  # fmt: skip
+    run_dir = run_federation(grid, config, 1)
+    weights = records_of(run_dir)[0]["weighted_examples"]
+    total = sum(weights.values())
+    start = next(iter(received.values()))
+    state = RunStore(run_dir).load_state().arrays
+    moved = [name for name in start if not is_statistic(name)]
+    assert moved
+    for name in moved:
+        average = sum(sent[site][name] * weights[site] for site in sent) / total
+        assert not np.allclose(average, start[name])
+        np.testing.assert_allclose(
+            state[name], start[name] + 0.5 * (average - start[name]), rtol=1e-5, atol=1e-6,
+            err_msg=name,
+        )  # fmt: skip
+
+
 def test_fedavgm_momentum_survives_a_restart_in_the_weights_order() -> None:
     strategy = FedAvgM(server_momentum=0.9)
     strategy.momentum_vector = [np.full(2, 1.0), np.full(3, 2.0)]
