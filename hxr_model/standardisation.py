@@ -71,8 +71,11 @@ def percentiles(flat: torch.Tensor, fractions: list[float]) -> torch.Tensor:
 
     def order_statistic(rank: torch.Tensor) -> torch.Tensor:
         """The value of the given 0-based rank: its bin, and its place among the bin's values."""
-        ranks = rank.to(flat.dtype).expand(flat.shape[0], -1).contiguous()
-        where = torch.searchsorted(at_or_below, ranks, right=True).clamp_(max=PERCENTILE_BINS - 1)
+        ranks = rank.to(flat.dtype).expand(flat.shape[0], -1)
+        # The first bin holding more than `rank` values at or below it (a comparison and a sum,
+        # which every runtime has: ONNX has no searchsorted).
+        passed = at_or_below.unsqueeze(1) <= ranks.unsqueeze(2)
+        where = passed.sum(dim=2).clamp_(max=PERCENTILE_BINS - 1)
         here = in_bin.gather(1, where)
         below = at_or_below.gather(1, where) - here
         within = ((ranks - below + 0.5) / here.clamp_min(1)).clamp(0.0, 1.0)
@@ -82,7 +85,8 @@ def percentiles(flat: torch.Tensor, fractions: list[float]) -> torch.Tensor:
     lower = position.floor()
     upper = (lower + 1).clamp(max=count - 1)
     share = (position - lower).to(flat.dtype)
-    return torch.lerp(order_statistic(lower), order_statistic(upper), share)
+    below, above = order_statistic(lower), order_statistic(upper)
+    return below + share * (above - below)
 
 
 def window(flat: torch.Tensor, low_percentile: float, high_percentile: float) -> torch.Tensor:
