@@ -36,7 +36,6 @@ from client.site_config import (
     site_from_node_config,
 )
 from client.site_data import SiteData, load_site_data
-from hxr_model.metrics import SCORE_BINS
 from protocol.arrays import from_record, to_record
 from protocol.instructions import CrossSiteInstructions, LocalModelInstructions, RoundInstructions
 from protocol.records import (
@@ -219,12 +218,16 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
     @app.query(EVALUATE_MODEL_ACTION)
     def evaluate_model(message: Message, context: Context) -> Message:
         """Test metrics of a model the coordinator sends: its instructions ask for no Grad-CAM
-        and no personalisation, and no validation-score histogram leaves either."""
+        and no personalisation, and nothing of the validation split leaves either."""
         site, instructions, data = _prepare(message, context, resolve_site, CrossSiteInstructions)
         metrics, _ = evaluate_round(
             from_record(message.content[ARRAYS_KEY]), instructions, site, data
         )
-        scores = metrics.model_copy(update={"val_score_histogram": [0] * 2 * SCORE_BINS})
+        unseen = {
+            "val_score_histogram": [0] * len(metrics.val_score_histogram),
+            "val_confusion_matrix": [0] * len(metrics.val_confusion_matrix),
+        }
+        scores = metrics.model_copy(update=unseen)
         return _reply(message, site, scores)
 
     return app

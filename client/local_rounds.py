@@ -185,14 +185,22 @@ def statistics_round(
     return statistics, StatisticsMetrics(num_examples=len(data.train))
 
 
-def _validation_scores(
+def _validation_counts(
     model: RadiographClassifier, data: SiteData, instructions: RoundInstructions, site: SiteConfig
-) -> list[int]:
-    """The global model's score counts on this site's validation split (binary tasks only)."""
-    if len(instructions.class_names) != 2 or not len(data.val):
-        return [0] * 2 * SCORE_BINS
+) -> tuple[list[int], list[int]]:
+    """The global model on this site's validation split, as counts only: its score histogram
+    (binary tasks; zeros otherwise) and its confusion matrix (zeros without a split)."""
+    classes = len(instructions.class_names)
+    if not len(data.val):
+        return [0] * 2 * SCORE_BINS, [0] * classes * classes
     labels, probabilities = predict_probabilities(model, data.val, device=site.device)
-    return score_histogram(labels, probabilities[:, 1])
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (labels, probabilities.argmax(axis=1)), 1)
+    if classes == 2:
+        histogram = score_histogram(labels, probabilities[:, 1])
+    else:
+        histogram = [0] * 2 * SCORE_BINS
+    return histogram, confusion.ravel().tolist()
 
 
 def personalised_model(
@@ -248,6 +256,7 @@ def evaluate_round(
     lesions = score_localisation(
         model, dataset, dataset.dataset.masks, batch_size=batch_size, limit=LOCALISATION_IMAGES
     )
+    val_histogram, val_confusion = _validation_counts(model, data, instructions, site)
     summary = EvaluateMetrics(
         num_examples=int(metrics["n"]),
         accuracy=float(metrics["accuracy"]),
@@ -257,7 +266,8 @@ def evaluate_round(
         ece=float(metrics["ece"]),
         per_class_recall=_per_class_recall(metrics, instructions.class_names),
         confusion_matrix=[int(v) for row in metrics["confusion_matrix"] for v in row],
-        val_score_histogram=_validation_scores(model, data, instructions, site),
+        val_score_histogram=val_histogram,
+        val_confusion_matrix=val_confusion,
         personalised_accuracy=float(personal["accuracy"]) if personal else math.nan,
         personalised_balanced_accuracy=(
             float(personal["balanced_accuracy"]) if personal else math.nan

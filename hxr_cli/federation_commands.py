@@ -145,7 +145,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     if verdict == 0 and (settings.local_baselines or args.baselines):
         add_comparison(settings, run_dir, centralized=args.baselines)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    print(f"federated model: {run_dir / 'global_model.pt'}")
+    served = ""
+    if summary.get("served_by") == "best-validation":
+        served = f" (round {summary['final_round']}: best on the clinics' validation)"
+    print(f"federated model: {run_dir / 'global_model.pt'}{served}")
     privacy = summary.get("differential_privacy")
     if privacy:
         print(

@@ -142,6 +142,10 @@ class EvaluateMetrics(Metrics):
     # counts per score bin (negatives, then positives); zeros otherwise. Pooled by the server to
     # choose the federation's decision threshold without any image or per-image score.
     val_score_histogram: list[Count]
+    # The global model on the clinic's validation split, as a confusion matrix (counts; zeros
+    # where it has none): summed by the server to pick the round whose model it serves by
+    # validation, as each clinic alone keeps its best epoch on its validation split.
+    val_confusion_matrix: list[Count]
     # The clinic's own version of the global model (its BatchNorm layers under FedBN, its head
     # fine-tuned under personalisation) on the same split; NaN when the run asks for neither.
     personalised_accuracy: Rate
@@ -165,7 +169,7 @@ class EvaluateMetrics(Metrics):
             raise ValueError(f"must hold {2 * SCORE_BINS} counts, not {len(value)}")
         return value
 
-    @field_validator("confusion_matrix")
+    @field_validator("confusion_matrix", "val_confusion_matrix")
     @classmethod
     def _square(cls, value: list[int], info: ValidationInfo) -> list[int]:
         return _per_class(value, info, squared=True)

@@ -19,14 +19,15 @@ from flwr.serverapp import Grid
 
 from hxr_model.checkpoint import save_checkpoint
 from hxr_model.errors import ConfigError
-from hxr_model.models import RadiographClassifier, build_model
+from hxr_model.models import build_model
 from hxr_model.prewarm import ProjectionHead
 from protocol.arrays import to_record
 from protocol.gradcam_samples import GradcamSamples
-from protocol.model_state import federated_state, load_into
+from protocol.model_state import federated_state
 from server.cross_site import cross_site_matrix
 from server.decision_threshold import decision_threshold
 from server.gallery import save_gallery
+from server.model_selection import classifier_from, served_model, served_records
 from server.optimiser_state import OptimiserState
 from server.phased_strategy import PhasedStrategy
 from server.report import write_report
@@ -63,14 +64,6 @@ def initial_state(config: FederationConfig) -> dict[str, np.ndarray]:
         model = build_model(config.model, len(config.classes))
         projection = ProjectionHead(model.feature_dim, config.projection_dim)
     return federated_state(model, projection)
-
-
-def classifier_from(
-    config: FederationConfig, state: Mapping[str, np.ndarray]
-) -> RadiographClassifier:
-    model = build_model(config.model, len(config.classes))
-    load_into(model, state, "finetune")
-    return model.eval()
 
 
 def describe_round(record: RoundRecord, total_rounds: int) -> list[str]:
@@ -226,14 +219,21 @@ def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
     if final is None:
         raise ConfigError(f"{store.run_dir}: no round completed, nothing to save")
     records = store.read_rounds()
+    model, served_round = served_model(store, config)
     save_checkpoint(
         store.run_dir / "global_model.pt",
-        classifier_from(config, final.arrays),
+        model,
         model_name=config.model,
         class_names=config.classes,
         image_size=config.image_size,
-        threshold=(decision_threshold(config.classes, records) or {}).get("threshold"),
-        metadata={"federation": config.model_dump(mode="json"), "rounds": final.round},
+        threshold=(decision_threshold(config.classes, served_records(records, config)) or {}).get(
+            "threshold"
+        ),
+        metadata={
+            "federation": config.model_dump(mode="json"),
+            "rounds": final.round,
+            "served_round": served_round,
+        },
     )
     extra = {}
     if config.cross_site_local_models:

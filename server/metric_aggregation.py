@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 
 from flwr.app import MetricRecord, RecordDict
 
-SUMMED_KEYS = frozenset({"confusion-matrix", "skipped-files", "val-score-histogram"})
+SUMMED_KEYS = frozenset(
+    {"confusion-matrix", "skipped-files", "val-score-histogram", "val-confusion-matrix"}
+)
 
 
 def _weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:

@@ -20,8 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from hxr_model.atomic_files import write_text_atomic
+from server.model_selection import served_record
 from server.report_template import REPORT_TEMPLATE
-from server.round_record import RoundRecord, last_evaluated
+from server.round_record import RoundRecord
 from server.run_config import FederationConfig
 from server.run_store import RunStore
 from server.summary import EVALUATION_KEYS, LOCALISATION_KEYS, PERSONALISED_KEYS, is_defined
@@ -258,7 +259,7 @@ def write_report(
 ) -> None:
     """report.html: settings, final metrics, the cross-site matrix, curves, confusion
     matrices, resources, gallery."""
-    final = last_evaluated(records)
+    final = served_record(records, config)
     keys = _evaluation_keys(final)
     resources = summary["resources"]
     gallery_round = next((record for record in reversed(records) if record.gradcam), None)
@@ -270,6 +271,7 @@ def write_report(
             "rounds": summary["rounds_completed"],
             "prewarm_rounds": config.prewarm_rounds,
             "classes": ", ".join(config.classes),
+            "served_round": config.served_round,
         },
         privacy=_privacy(summary.get("differential_privacy")),
         evaluation_keys=keys,

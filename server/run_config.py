@@ -128,6 +128,13 @@ class FederationSettings(BaseModel):
         description="FedBN: each clinic keeps its own BatchNorm layers (weights and statistics) "
         "across rounds; global_model.pt carries their average, for clinics outside the federation",
     )
+    served_round: Literal["last", "best-validation"] = Field(
+        "last",
+        description="the round whose global model the run serves (global_model.pt, the summary, "
+        "the comparison): the last, or the fine-tuning round whose balanced accuracy on the "
+        "clinics' validation splits, averaged over clinics, is best (as each clinic alone keeps "
+        "its best epoch)",
+    )
     personalise_epochs: int = Field(
         0,
         ge=0,

@@ -16,7 +16,8 @@ import numpy as np
 from hxr_model.atomic_files import write_text_atomic
 from server.decision_threshold import decision_threshold
 from server.differential_privacy import privacy_summary
-from server.round_record import RoundRecord, last_evaluated
+from server.model_selection import served_record
+from server.round_record import RoundRecord
 from server.run_config import FederationConfig
 from server.run_store import RunStore, json_ready
 
@@ -110,7 +111,7 @@ def write_summary(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's outcome in one JSON file (final metrics, per-site resources, incidents)."""
-    final = last_evaluated(records)
+    final = served_record(records, config)
     summary: dict[str, Any] = {
         "run_dir": str(store.run_dir),
         "model": config.model,
@@ -120,6 +121,7 @@ def write_summary(
         "prewarm_rounds": config.prewarm_rounds,
         "rounds_completed": records[-1].round if records else 0,
         "final_round": final.round if final else None,
+        "served_by": config.served_round,
         "federated": dict(final.evaluate.aggregate) if final else {},
         "sites": dict(final.evaluate.sites) if final else {},
         "worst_clinic": worst_clinic(final.evaluate.sites, config.classes) if final else None,

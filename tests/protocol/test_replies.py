@@ -20,7 +20,7 @@ def evaluate_metrics(**changes) -> dict:
     values = {key: 0.5 for key in EvaluateMetrics.names()}
     values |= {"num-examples": 10, "per-class-recall": [0.5, 0.5], "confusion-matrix": [1] * 4}
     values |= {"val-score-histogram": [0] * 40, "personalised-per-class-recall": [0.5, 0.5]}
-    values |= {"localisation-images": 0}
+    values |= {"localisation-images": 0, "val-confusion-matrix": [2] * 4}
     return values | changes
 
 
@@ -57,6 +57,7 @@ def test_metrics_travel_under_their_kebab_case_names_and_come_back_equal() -> No
         (evaluate_metrics(**{"confusion-matrix": [1, -1, 1, 1]}), "'confusion-matrix.1'"),
         (evaluate_metrics(**{"confusion-matrix": [1.5, 1, 1, 1]}), "'confusion-matrix.0'"),
         (evaluate_metrics(**{"val-score-histogram": [0] * 39}), "must hold 40 counts"),
+        (evaluate_metrics(**{"val-confusion-matrix": [1] * 9}), "must hold 4 values"),
     ],
 )
 def test_malformed_metrics_are_rejected_with_the_field(metrics: dict, reason: str) -> None:
