@@ -23,7 +23,7 @@ from hxr_model.models import build_model
 from hxr_model.prewarm import ProjectionHead
 from protocol.arrays import to_record
 from protocol.gradcam_samples import GradcamSamples
-from protocol.model_state import federated_state
+from protocol.model_state import federated_state, float_state
 from server.cross_site import cross_site_matrix
 from server.decision_threshold import decision_threshold
 from server.gallery import save_gallery
@@ -238,6 +238,8 @@ def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
     extra = {}
     if config.cross_site_local_models:
         strategy.wait_for_nodes(grid)  # a resumed, completed run has not waited for them yet
-        extra["cross_site"] = cross_site_matrix(grid, config, final.arrays, initial_state(config))
+        # The served round's model, the one the summary and global_model.pt carry.
+        served = float_state(model)
+        extra["cross_site"] = cross_site_matrix(grid, config, served, initial_state(config))
     summary = write_summary(store, config, records, extra)
     write_report(store, config, records, summary)

@@ -68,7 +68,9 @@ lowest recall of a class it holds: {{ worst.lowest_recall | fmt }}
 ({{ worst.lowest_recall_class }}).</p>
 {% endif %}
 {% if final %}
-<h2>Global model on each site's test share (round {{ final.round }}{% if settings.served_round == "best-validation" %}: the best on the clinics' validation{% endif %})</h2>
+<h2>Global model on each site's test share (round {{ final.round }}
+{%- if settings.served_round == "best-validation" %}: the best on the clinics' validation
+{%- endif %})</h2>
 {{ table(["site"] + evaluation_keys | list, final.rows) }}
 {% endif %}
 {% if cross_site %}

@@ -95,6 +95,7 @@ def test_the_run_serves_the_round_its_clinics_validation_scores_best(make_config
     run_dir = run_federation(grid, run_config, 1)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_round"] == 3 and summary["served_by"] == "best-validation"
+    assert "(round 3: the best on the clinics' validation)" in (run_dir / "report.html").read_text()
     served = load_checkpoint(run_dir / "global_model.pt")
     assert served.metadata["served_round"] == 3 and served.metadata["rounds"] == 4
     third = load_checkpoint(run_dir / "checkpoints" / "round-003.pt").model.state_dict()
