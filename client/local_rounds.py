@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import ConcatDataset
 
@@ -194,8 +195,7 @@ def _validation_counts(
     if not len(data.val):
         return [0] * 2 * SCORE_BINS, [0] * classes * classes
     labels, probabilities = predict_probabilities(model, data.val, device=site.device)
-    confusion = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(confusion, (labels, probabilities.argmax(axis=1)), 1)
+    confusion = confusion_matrix(labels, probabilities.argmax(axis=1), labels=range(classes))
     if classes == 2:
         histogram = score_histogram(labels, probabilities[:, 1])
     else:

@@ -143,8 +143,8 @@ class EvaluateMetrics(Metrics):
     # choose the federation's decision threshold without any image or per-image score.
     val_score_histogram: list[Count]
     # The global model on the clinic's validation split, as a confusion matrix (counts; zeros
-    # where it has none): summed by the server to pick the round whose model it serves by
-    # validation, as each clinic alone keeps its best epoch on its validation split.
+    # where it has none): the server picks the round whose model it serves by these, as each
+    # clinic alone keeps its best epoch on its validation split (`server.model_selection`).
     val_confusion_matrix: list[Count]
     # The clinic's own version of the global model (its BatchNorm layers under FedBN, its head
     # fine-tuned under personalisation) on the same split; NaN when the run asks for neither.

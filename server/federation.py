@@ -25,9 +25,8 @@ from protocol.arrays import to_record
 from protocol.gradcam_samples import GradcamSamples
 from protocol.model_state import federated_state, float_state
 from server.cross_site import cross_site_matrix
-from server.decision_threshold import decision_threshold
 from server.gallery import save_gallery
-from server.model_selection import classifier_from, served_model, served_records
+from server.model_selection import classifier_from, served_model, served_threshold
 from server.optimiser_state import OptimiserState
 from server.phased_strategy import PhasedStrategy
 from server.report import write_report
@@ -226,9 +225,7 @@ def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
         model_name=config.model,
         class_names=config.classes,
         image_size=config.image_size,
-        threshold=(decision_threshold(config.classes, served_records(records, config)) or {}).get(
-            "threshold"
-        ),
+        threshold=served_threshold(records, config),
         metadata={
             "federation": config.model_dump(mode="json"),
             "rounds": final.round,

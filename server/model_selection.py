@@ -21,6 +21,7 @@ from hxr_model.checkpoint import load_checkpoint
 from hxr_model.errors import ConfigError
 from hxr_model.models import RadiographClassifier, build_model
 from protocol.model_state import load_into
+from server.decision_threshold import decision_threshold
 from server.round_record import RoundRecord, last_evaluated
 from server.run_config import FederationConfig
 from server.run_store import RunStore
@@ -77,10 +78,12 @@ def served_record(records: Sequence[RoundRecord], config: FederationConfig) -> R
     return max(scored, key=lambda item: item[:2])[2] if scored else final
 
 
-def served_records(records: Sequence[RoundRecord], config: FederationConfig) -> list[RoundRecord]:
-    """The records up to and including the served round: what the run's results read."""
+def served_threshold(records: Sequence[RoundRecord], config: FederationConfig) -> float | None:
+    """The binary decision threshold stored with the served model: the one its own round's
+    pooled validation counts choose (None for other tasks)."""
     served = served_record(records, config)
-    return [record for record in records if served is None or record.round <= served.round]
+    upto = [record for record in records if served is None or record.round <= served.round]
+    return (decision_threshold(config.classes, upto) or {}).get("threshold")
 
 
 def served_model(store: RunStore, config: FederationConfig) -> tuple[RadiographClassifier, int]:

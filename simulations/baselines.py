@@ -38,8 +38,7 @@ from hxr_model.training import (
     predict_probabilities,
 )
 from server.cross_site import FEDERATED, local_name, sampled_clinics
-from server.decision_threshold import decision_threshold
-from server.model_selection import served_model, served_records
+from server.model_selection import served_model, served_threshold
 from server.report import write_report
 from server.run_store import RunStore
 from server.summary import EVALUATION_KEYS, write_summary
@@ -236,13 +235,9 @@ def add_comparison(
     splits = load_settings_splits(settings)
     config = federation_config(settings, splits.class_names)
     store = RunStore(run_dir)
-    if store.load_state() is None:
-        raise ConfigError(f"{run_dir}: no completed round to compare")
     records = store.read_rounds()
     federated, _ = served_model(store, config)
-    threshold = (decision_threshold(config.classes, served_records(records, config)) or {}).get(
-        "threshold"
-    )
+    threshold = served_threshold(records, config)
     comparison = compare_models(settings, splits, federated, centralized, threshold)
     summary = write_summary(store, config, records, {"comparison": comparison})
     write_report(store, config, records, summary)
