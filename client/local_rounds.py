@@ -155,6 +155,8 @@ def finetune_round(
         **_loop_settings(instructions, site) | {"epochs": epochs},
         proximal_mu=instructions.proximal_mu,
         absent_class_scale=instructions.absent_class_scale,
+        imbalance=instructions.imbalance,
+        target_class_prior=instructions.class_prior,
         keep_best_epoch=instructions.keep_best_epoch,
     )
     val = data.val if len(data.val) else None

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from hxr_model.errors import ConfigError
 from hxr_model.runtime import resolve_device
 from hxr_model.training import (
     LabelledDataset,
@@ -83,6 +84,8 @@ def distill_classifier(
     teacher.eval().to(resolve_device(train_config.device))
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
+    if train_config.imbalance == "logit-adjusted":
+        raise ConfigError("distillation takes imbalance none, class-weights or balanced-sampler")
     weights = None
     if train_config.imbalance == "class-weights":
         weights = class_weights(train_set.labels, len(train_set.class_names))

@@ -33,7 +33,11 @@ from hxr_model.training_loop import (
 )
 
 Monitor = Literal["balanced_accuracy", "accuracy", "auc", "loss"]
-Imbalance = Literal["none", "class-weights", "balanced-sampler"]
+# "logit-adjusted" is the balanced softmax (Ren et al. 2020; Menon et al. 2021): the training
+# set's log class prior is added to the logits inside the loss, so the model learns scores free
+# of that prior. In a federation it removes each clinic's own label mix from its update (FedLC's
+# idea), which plain cross-entropy would write into the shared head.
+Imbalance = Literal["none", "class-weights", "balanced-sampler", "logit-adjusted"]
 # A preset of `hxr_model.augment.PRESETS`, or none.
 Augmentation = Literal["none", "light", "scanner-shift"]
 
@@ -56,6 +60,9 @@ class TrainConfig(LoopConfig):
     # Plain cross-entropy by default: probabilities stay calibrated and binary decisions use the
     # validation-chosen threshold; weighting or balanced sampling are there for rare classes.
     imbalance: Imbalance = "none"
+    # Logit-adjusted only: the label share the learned scores are for (empty: equal shares). A
+    # federation sends its clinics' pooled share, so every clinic learns the pooled task's scores.
+    target_class_prior: list[float] = Field(default_factory=list)
     early_stopping_patience: int | None = Field(None, ge=1)
     monitor: Monitor = "balanced_accuracy"
     # "scanner-shift" teaches what the model's standardisation cannot undo of another hospital's
@@ -95,18 +102,35 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
 
 
+def log_class_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    """Log of each class's share of `labels`; None where a class is absent: its log share is
+    minus infinity and the adjustment undefined (measured on cxr4 by hospital, where each clinic
+    lacks the other's classes: with one image per absent class assumed instead, every
+    radiograph came out COVID-19), so such a training set keeps plain cross-entropy."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if not counts.all():
+        return None
+    return torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+
 def cross_entropy_objective(
-    weights: torch.Tensor | None, label_smoothing: float, logit_scale: torch.Tensor | None = None
+    weights: torch.Tensor | None,
+    label_smoothing: float,
+    logit_scale: torch.Tensor | None = None,
+    logit_offset: torch.Tensor | None = None,
 ) -> Objective:
     """Cross-entropy, optionally class-weighted; `logit_scale` multiplies each class's logit
     first (FedRS: classes a clinic holds no image of get a factor below 1, so its training does
-    not teach the shared model that those classes never occur)."""
+    not teach the shared model that those classes never occur), then `logit_offset` is added
+    (the log class prior of the logit-adjusted loss)."""
 
     def objective(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if weights is None else weights.to(images.device)
         logits = model(images)
         if logit_scale is not None:
             logits = logits * logit_scale.to(logits.device)
+        if logit_offset is not None:
+            logits = logits + logit_offset.to(logits.device)
         return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
 
     return objective
@@ -217,7 +241,13 @@ def train_classifier(
         if config.absent_class_scale < 1:
             present = torch.from_numpy(np.bincount(labels, minlength=num_classes) > 0)
             scale = torch.where(present, 1.0, config.absent_class_scale)
-        objective = cross_entropy_objective(loss_weights, config.label_smoothing, scale)
+        offset = log_class_prior(labels, num_classes)
+        if config.imbalance == "logit-adjusted" and offset is not None:
+            target = torch.tensor(config.target_class_prior or [1.0 / num_classes] * num_classes)
+            offset = offset - target.log()
+        else:
+            offset = None
+        objective = cross_entropy_objective(loss_weights, config.label_smoothing, scale, offset)
     sample_weights = weights.numpy()[labels] if config.imbalance == "balanced-sampler" else None
     image_size = int(train_set[0][0].shape[-1])
     batch_size = choose_batch_size(model, image_size, config, device)

@@ -11,9 +11,18 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hxr_model.errors import ConfigError
+from hxr_model.training import Imbalance
 from protocol.records import PROTOCOL_VERSION
 from protocol.schedule import Phase
 
@@ -51,12 +60,27 @@ class RoundInstructions(BaseModel):
     projection_dim: int = Field(ge=2, le=2048)
     proximal_mu: float = Field(ge=0)
     absent_class_scale: float = Field(ge=0, le=1)
+    imbalance: Imbalance
+    # The federation's pooled label share that a logit-adjusted loss targets (empty: equal).
+    class_prior: list[float] = Field(max_length=64)
     local_batchnorm: bool
     keep_best_epoch: bool
     min_local_steps: int = Field(ge=0, le=100_000)
     personalise_epochs: int = Field(ge=0, le=100)
     gradcam_per_class: int = Field(ge=0, le=16)
     gradcam_size: int = Field(ge=8, le=128)
+
+    @field_validator("class_prior")
+    @classmethod
+    def _a_share_per_class(cls, prior: list[float], info: ValidationInfo) -> list[float]:
+        classes = len(info.data.get("class_names", []))
+        if prior and (
+            len(prior) != classes
+            or not all(0 < share <= 1 for share in prior)
+            or abs(sum(prior) - 1) > 1e-6
+        ):
+            raise ValueError(f"must be empty or {classes} positive shares summing to 1")
+        return prior
 
     def to_config(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Bumped whenever a message's content changes shape; clinics and coordinators upgrade at different
 # times, and a mismatch must be one clear rejection, not a confusing failure later.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 PROTOCOL_VERSION_KEY = "protocol-version"
 
 ARRAYS_KEY = "arrays"

@@ -26,6 +26,7 @@ from protocol.gradcam_samples import GradcamSamples
 from protocol.model_state import federated_state, float_state
 from server.cross_site import cross_site_matrix
 from server.gallery import save_gallery
+from server.label_prior import pooled_label_share
 from server.model_selection import classifier_from, served_model, served_threshold
 from server.optimiser_state import OptimiserState
 from server.phased_strategy import PhasedStrategy
@@ -204,6 +205,7 @@ def _run(grid: Grid, config: FederationConfig, store: RunStore) -> None:
         RoundCommitter(config, store),
         first_round=first_round,
         optimiser_state=resumed.strategy if resumed else None,
+        class_prior=pooled_label_share(store.read_rounds(), len(config.classes)) if resumed else (),
     )
     remaining = config.num_server_rounds - first_round
     if remaining > 0:

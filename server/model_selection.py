@@ -83,7 +83,7 @@ def served_threshold(records: Sequence[RoundRecord], config: FederationConfig) -
     pooled validation counts choose (None for other tasks)."""
     served = served_record(records, config)
     upto = [record for record in records if served is None or record.round <= served.round]
-    return (decision_threshold(config.classes, upto) or {}).get("threshold")
+    return (decision_threshold(config, upto) or {}).get("threshold")
 
 
 def served_model(store: RunStore, config: FederationConfig) -> tuple[RadiographClassifier, int]:

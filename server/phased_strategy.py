@@ -22,7 +22,7 @@ globally (`first_round` after a resume), so schedules and FedAdam's bias correct
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from logging import INFO, WARNING
 
@@ -40,6 +40,7 @@ from protocol.schedule import Phase, is_statistic, phase_state
 from server.differential_privacy import clipping_bound
 from server.example_weights import capped_examples
 from server.grid_views import SampledGrid
+from server.label_prior import pooled_label_share
 from server.node_sampling import draw_clinics, sample_size
 from server.optimiser_state import OptimiserState, optimiser_state, restore_optimiser_state
 from server.recalibration import Pooling, pool_statistics, recalibrate
@@ -106,8 +107,11 @@ class PhasedStrategy(Strategy):
         on_round_end: RoundHook,
         first_round: int = 0,
         optimiser_state: OptimiserState | None = None,
+        class_prior: Sequence[float] = (),
     ) -> None:
         self.config = config
+        # What a logit-adjusted local loss targets: the latest evaluated round's label share.
+        self.class_prior = list(class_prior)
         self.on_round_end = on_round_end
         self.first_round = first_round
         self.inner: dict[Phase, Strategy] = make_phase_strategies(config)
@@ -133,7 +137,8 @@ class PhasedStrategy(Strategy):
         incidents.append(Incident(site=site, stage=stage, reason=reason))
 
     def _instructions(self, current: int, phase: Phase) -> ConfigRecord:
-        return ConfigRecord(self.config.round_instructions(current, phase).to_config())
+        instructions = self.config.round_instructions(current, phase, self.class_prior)
+        return ConfigRecord(instructions.to_config())
 
     def wait_for_nodes(self, grid: Grid) -> None:
         """Flower sizes its sample from the nodes connected *now*; wait for the minimum first."""
@@ -294,6 +299,9 @@ class PhasedStrategy(Strategy):
         metrics = self.inner[phase].aggregate_evaluate(current, clean)
         if metrics is not None:
             self.record.evaluate.aggregate = dict(metrics)
+        self.class_prior = (
+            pooled_label_share([self.record], len(config.classes)) or self.class_prior
+        )
         return metrics
 
     # -- end of round ------------------------------------------------------------------------

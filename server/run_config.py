@@ -11,7 +11,7 @@ typo or a negative round count stops the run with one line naming the key.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hxr_model.data.label_map import parse_label_map
 from hxr_model.errors import ConfigError, describe_validation_error
 from hxr_model.models import check_model_name
+from hxr_model.training import Imbalance
 from protocol.instructions import MAX_ROUNDS, RoundInstructions, kebab
 from protocol.schedule import Phase
 
@@ -104,6 +105,13 @@ class FederationSettings(BaseModel):
         le=1,
         description="FedRS: clinics scale the logits of classes they hold no image of by this "
         "factor in local training (1 = off; the FedRS paper uses 0.5)",
+    )
+    local_imbalance: Imbalance = Field(
+        "none",
+        description="the clinics' loss under label skew: logit-adjusted adds each clinic's log "
+        "class share, less the federation's pooled one, to its logits in the loss (FedLC's "
+        "calibration), so no clinic's label mix is written into the shared head (a clinic "
+        "lacking a class keeps plain cross-entropy); or class-weights, balanced-sampler, none",
     )
     clinic_weighting: Literal["examples", "uniform"] = Field(
         "examples",
@@ -307,8 +315,11 @@ class FederationConfig(FederationSettings):
     def run_dir(self, run_id: int) -> Path:
         return Path(self.out_dir).expanduser() if self.out_dir else Path("runs") / str(run_id)
 
-    def round_instructions(self, current: int, phase: Phase) -> RoundInstructions:
-        """What the clinics are asked to do in round `current` of `phase`."""
+    def round_instructions(
+        self, current: int, phase: Phase, class_prior: Sequence[float] = ()
+    ) -> RoundInstructions:
+        """What the clinics are asked to do in round `current` of `phase`; `class_prior` is the
+        pooled label share a logit-adjusted local loss targets (equal shares until known)."""
         prewarm = phase == "prewarm"
         return RoundInstructions(
             server_round=current,
@@ -326,6 +337,8 @@ class FederationConfig(FederationSettings):
             projection_dim=self.projection_dim,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
             absent_class_scale=self.absent_class_scale,
+            imbalance=self.local_imbalance,
+            class_prior=list(class_prior) if self.local_imbalance == "logit-adjusted" else [],
             local_batchnorm=self.local_batchnorm,
             keep_best_epoch=self.local_epoch_selection == "best",
             min_local_steps=self.min_local_steps,

@@ -125,7 +125,7 @@ def write_summary(
         "federated": dict(final.evaluate.aggregate) if final else {},
         "sites": dict(final.evaluate.sites) if final else {},
         "worst_clinic": worst_clinic(final.evaluate.sites, config.classes) if final else None,
-        "decision_threshold": decision_threshold(config.classes, records),
+        "decision_threshold": decision_threshold(config, records),
         "resources": _site_resources(records),
         "rejected": _incident_rows(records, "rejected"),
         "failures": _incident_rows(records, "failures"),

@@ -22,6 +22,8 @@ def test_instructions_round_trip_through_their_config_record() -> None:
         ({"class-names": [f"c{k}" for k in range(1000)]}, "class-names"),
         ({"image-size": 4096}, "image-size"),
         ({"gradcam-per-class": 1000}, "gradcam-per-class"),
+        ({"class-prior": [0.2, 0.3, 0.5]}, "class-prior"),
+        ({"class-prior": [1.0, 0.0]}, "class-prior"),
     ],
 )
 def test_unbounded_work_is_refused_by_name(change: dict, field: str) -> None:

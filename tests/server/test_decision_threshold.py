@@ -7,6 +7,11 @@ import pytest
 from hxr_model.metrics import SCORE_BINS, score_histogram, threshold_from_histogram
 from server.decision_threshold import decision_threshold
 from server.round_record import RoundRecord, StageResults
+from server.run_config import FederationConfig
+
+
+def task(*classes: str, **settings) -> FederationConfig:
+    return FederationConfig(classes=list(classes), **settings)
 
 
 def test_scores_are_counted_per_bin_negatives_first() -> None:
@@ -36,7 +41,7 @@ def test_clinics_histograms_are_pooled_before_choosing() -> None:
     """Each clinic alone holds one class (label skew), so none could choose; pooled, they can."""
     negatives = score_histogram(np.zeros(40, int), np.full(40, 0.15))
     positives = score_histogram(np.ones(40, int), np.full(40, 0.35))
-    choice = decision_threshold(["normal", "pneumonia"], [record_with(negatives, positives)])
+    choice = decision_threshold(task("normal", "pneumonia"), [record_with(negatives, positives)])
     assert choice["threshold"] == pytest.approx(0.35)  # the separating edge nearest 0.5
     assert choice["images"] == 80
     assert choice["balanced_accuracy_at_best"] == 1.0 and choice["balanced_accuracy_at_0.5"] == 0.5
@@ -45,6 +50,15 @@ def test_clinics_histograms_are_pooled_before_choosing() -> None:
 def test_0_5_stays_unless_moving_clearly_helps() -> None:
     labels = np.repeat([0, 1], 100)
     scores = np.concatenate([np.full(100, 0.2), np.full(100, 0.8)])
-    choice = decision_threshold(["a", "b"], [record_with(score_histogram(labels, scores))])
+    choice = decision_threshold(task("a", "b"), [record_with(score_histogram(labels, scores))])
     assert choice["threshold"] == 0.5  # 0.5 already separates them
-    assert decision_threshold(["a", "b", "c"], [record_with([0] * 40)]) is None
+    assert decision_threshold(task("a", "b", "c"), [record_with([0] * 40)]) is None
+
+
+def test_a_logit_adjusted_federation_keeps_0_5_and_reports_the_search() -> None:
+    """Its scores are already for the pooled label share; the search is shown, not applied."""
+    negatives = score_histogram(np.zeros(40, int), np.full(40, 0.15))
+    positives = score_histogram(np.ones(40, int), np.full(40, 0.35))
+    adjusted = task("normal", "pneumonia", local_imbalance="logit-adjusted")
+    choice = decision_threshold(adjusted, [record_with(negatives, positives)])
+    assert choice["threshold"] == 0.5 and choice["best"] == pytest.approx(0.35)

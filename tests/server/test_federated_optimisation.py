@@ -2,6 +2,7 @@
 says: the round-to-round learning-rate schedule, server momentum, and statistics that server
 optimisers leave alone."""
 
+import math
 from itertools import pairwise
 
 import numpy as np
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from flwr.app import Message
 from flwr.serverapp.strategy import FedAvgM
 
-from hxr_model.training import cross_entropy_objective
+from hxr_model.training import cross_entropy_objective, log_class_prior
 from protocol.arrays import from_record
-from protocol.records import ARRAYS_KEY
+from protocol.records import ARRAYS_KEY, CONFIG_KEY
 from protocol.schedule import is_statistic
 from server.federation import run_federation
 from server.optimiser_state import optimiser_state, restore_optimiser_state
@@ -157,6 +158,65 @@ def test_fedrs_scales_only_the_logits_of_classes_the_clinic_lacks() -> None:
     assert float(loss) < float(F.cross_entropy(logits, labels))  # the absent class pulls less
     config = FederationConfig(classes=["a", "b"], absent_class_scale=0.5)
     assert config.round_instructions(3, "finetune").absent_class_scale == 0.5
+
+
+def test_logit_adjusted_loss_learns_the_scores_of_the_label_share_it_targets() -> None:
+    """A clinic with 90 % of class 0: plain cross-entropy teaches the head that share (bias gap
+    log 9); the logit-adjusted loss teaches the share it is told to target instead: equal shares
+    (gap 0), or the federation's 75 % (gap log 3), whatever the clinic's own mix."""
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    prior = log_class_prior(labels.numpy(), 2)
+    assert torch.allclose(prior, torch.log(torch.tensor([0.9, 0.1])))
+
+    def learned_bias_gap(offset: torch.Tensor | None) -> float:
+        bias = torch.zeros(2, requires_grad=True)
+        objective = cross_entropy_objective(None, 0.0, None, offset)
+        optimiser = torch.optim.SGD([bias], lr=1.0)
+        for _ in range(300):
+            optimiser.zero_grad()
+            objective(
+                lambda images: bias.expand(len(images), 2), torch.zeros(100, 1), labels
+            ).backward()
+            optimiser.step()
+        return float((bias[0] - bias[1]).detach())
+
+    assert learned_bias_gap(None) == pytest.approx(math.log(9), abs=0.01)
+    assert learned_bias_gap(prior - math.log(0.5)) == pytest.approx(0.0, abs=0.01)
+    pooled = torch.log(torch.tensor([0.75, 0.25]))
+    assert learned_bias_gap(prior - pooled) == pytest.approx(math.log(3), abs=0.01)
+
+
+def test_clinics_are_sent_the_pooled_validation_label_share_of_the_last_evaluated_round(
+    make_config,
+) -> None:
+    """Round 1 targets equal shares; round 2 the share of round 1's summed validation counts."""
+    asked: list[dict] = []
+
+    def keeper(name: str):
+        def keep(message: Message, reply: Message) -> Message:
+            asked.append(dict(message.content[CONFIG_KEY]))
+            return reply
+
+        return clinic(name, train=keep)
+
+    grid = LocalGrid({100 + k: keeper(f"clinic-{k}") for k in range(SITES)}, SITES)
+    config = make_config(num_server_rounds=2, prewarm_rounds=0, local_imbalance="logit-adjusted")
+    run_dir = run_federation(grid, config, 1)
+    first = records_of(run_dir)[0]["evaluate"]["sites"].values()
+    classes = len(config.classes)
+    counts = sum(
+        np.reshape(site["val-confusion-matrix"], (classes, classes)).sum(axis=1) for site in first
+    )
+    assert counts.min() > 0
+    assert [a["class-prior"] for a in asked[:SITES]] == [[]] * SITES
+    for instructions in asked[SITES:]:
+        assert instructions["imbalance"] == "logit-adjusted"
+        np.testing.assert_allclose(instructions["class-prior"], counts / counts.sum())
+
+
+def test_a_clinic_lacking_a_class_keeps_plain_cross_entropy() -> None:
+    """Its log share of that class is minus infinity: no adjustment is defined."""
+    assert log_class_prior(np.array([0, 0, 2]), 3) is None
 
 
 def test_uniform_weighting_gives_every_clinic_one_vote(make_grid, make_config) -> None:
