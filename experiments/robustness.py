@@ -7,6 +7,10 @@ Two studies, each model trained from scratch with the same budget in every arm:
   fourth.
 - `shifts`: `cxr4`, trained on its train split, scored on its validation split clean and under
   fixed synthetic shifts (gamma, contrast, blur, noise, zoom, burnt-in text).
+- `processing`: a real processing shift. Trained on cxr4's Kermany images (train split,
+  validation for the best epoch), scored on their held-out test patients and on every
+  kermany224 radiograph of a patient absent from cxr4: the same hospital's images, resized
+  without keeping the aspect ratio, of children the model never saw.
 
 Arms: `before` (no standardisation, light augmentation: the models as they were), `after`
 (standardisation and scanner-shift augmentation), and each change alone.
@@ -20,6 +24,7 @@ tables go to `robustness.md`.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -34,7 +39,7 @@ from torch.utils.data import TensorDataset
 
 from experiments.shared_data import SHARED_DATASETS, add_data_root_option
 from hxr_model.augment import add_noise, adjust_intensity, burn_in_text, gaussian_blur, resample
-from hxr_model.data import RadiographDataset, load_splits
+from hxr_model.data import DataSplits, RadiographDataset, load_splits
 from hxr_model.data.scan import scan
 from hxr_model.data.splits import grouped_split
 from hxr_model.metrics import classification_metrics
@@ -172,19 +177,60 @@ def run_shifts(args: argparse.Namespace, done: set[tuple], results: Path) -> Non
     cxr4 = SHARED_DATASETS["cxr4"]
     splits = load_splits(cxr4.ref(args.data_root), cxr4.image_size, seed=0)
     images, labels = splits.val.tensors()
-    views = {name: shift(images) for name, shift in SHIFTS.items()}
+    views = {name: (shift(images), labels) for name, shift in SHIFTS.items()}
+    _train_and_score(args, done, results, ("shifts", "cxr4"), splits, views)
+
+
+def _train_and_score(
+    args: argparse.Namespace,
+    done: set[tuple],
+    results: Path,
+    study: tuple[str, str],
+    splits: DataSplits,
+    views: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Every arm and seed not done yet, trained on `splits` (its validation split picks the
+    epoch) and scored on each view (images, labels)."""
     for arm_name in args.arms:
         for seed in args.seeds:
-            key = ("shifts", arm_name, seed, "cxr4")
+            key = (study[0], arm_name, seed, study[1])
             if key in done:
                 continue
             model, _ = train(
                 args.model, ARMS[arm_name], seed, args.epochs, splits.train, splits.val
             )
             scores = {
-                name: score(model, view, labels, splits.class_names) for name, view in views.items()
+                name: score(model, images, labels, splits.class_names)
+                for name, (images, labels) in views.items()
             }
-            _append(results, key, {"scores": scores})
+            counts = {name: len(labels) for name, (_, labels) in views.items()}
+            _append(results, key, {"scores": scores, "images": counts})
+
+
+def unseen_patients(shifted: RadiographDataset, seen: set[str | None]) -> RadiographDataset:
+    """The images of `shifted` whose patient is not in `seen` (an image without a patient id
+    cannot be shown unseen, so it is left out too)."""
+    keep = [i for i, patient in enumerate(shifted.patient_ids) if patient and patient not in seen]
+    return shifted.subset(keep)
+
+
+def run_processing(args: argparse.Namespace, done: set[tuple], results: Path) -> None:
+    kermany, other = SHARED_DATASETS["cxr4-kermany"], SHARED_DATASETS["kermany224"]
+    # COVID-19 images are not Kermany classes: skipped (and counted by the scan).
+    splits = load_splits(
+        kermany.ref(args.data_root), kermany.image_size, seed=0, skip_bad=True,
+        label_map=kermany.label_map,
+    )  # fmt: skip
+    with (args.data_root / SHARED_DATASETS["cxr4"].file).open(newline="") as manifest:
+        every_cxr4_patient = {row["patient_id"] for row in csv.DictReader(manifest)}
+    shifted = scan(other.ref(args.data_root), other.image_size, label_map=other.label_map).dataset
+    if shifted.class_names != splits.class_names:
+        raise ValueError(f"class order differs: {shifted.class_names} vs {splits.class_names}")
+    views = {
+        "cxr4 test patients": splits.test.tensors(),
+        "kermany224, patients not in cxr4": unseen_patients(shifted, every_cxr4_patient).tensors(),
+    }
+    _train_and_score(args, done, results, ("processing", "kermany224"), splits, views)
 
 
 def _append(results: Path, key: tuple, row: dict[str, Any]) -> None:
@@ -196,7 +242,7 @@ def _append(results: Path, key: tuple, row: dict[str, Any]) -> None:
 
 
 def _key(record: dict[str, Any]) -> tuple:
-    where = record["held_out"] if record["study"] == "styles" else "cxr4"
+    where = {"styles": record.get("held_out"), "shifts": "cxr4"}.get(record["study"], "kermany224")
     return (record["study"], record["arm"], record["seed"], where)
 
 
@@ -260,11 +306,32 @@ def shifts_table(records: list[dict[str, Any]]) -> str:
     return format_markdown_table(["arm", *SHIFTS, "mean shifted"], rows)
 
 
+def processing_table(records: list[dict[str, Any]]) -> str:
+    """Accuracy and balanced accuracy per arm on cxr4's own test patients and on kermany224's
+    unseen patients (mean ± sd over seeds)."""
+    mine = [r for r in records if r["study"] == "processing"]
+    views = list(mine[0]["scores"]) if mine else []
+    rows = []
+    for arm in ARMS:
+        arm_records = [r for r in mine if r["arm"] == arm]
+        if arm_records:
+            rows.append(
+                [arm]
+                + [
+                    _mean_sd([r["scores"][view][metric] for r in arm_records])
+                    for view in views
+                    for metric in ("accuracy", "balanced_accuracy")
+                ]
+            )
+    header = ["arm"] + [f"{view}: {m}" for view in views for m in ("accuracy", "balanced acc.")]
+    return format_markdown_table(header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/robustness"))
     add_data_root_option(parser)
-    parser.add_argument("--studies", default="styles,shifts")
+    parser.add_argument("--studies", default="styles,shifts,processing")
     parser.add_argument("--arms", type=lambda text: text.split(","), default=list(ARMS))
     parser.add_argument(
         "--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1]
@@ -282,14 +349,15 @@ def main() -> None:
         [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
     )
     done = {_key(record) for record in records}
-    studies = {"styles": run_styles, "shifts": run_shifts}
+    studies = {"styles": run_styles, "shifts": run_shifts, "processing": run_processing}
     for study in filter(None, args.studies.split(",")):
         studies[study](args, done, results)
     records = [json.loads(line) for line in results.read_text().splitlines()]
     text = (
         "Leave one scanner style out (phantoms), held-out accuracy:\n\n"
         f"{styles_table(records)}\n\ncxr4 validation accuracy under synthetic shifts:\n\n"
-        f"{shifts_table(records)}\n"
+        f"{shifts_table(records)}\n\nTrained on cxr4's Kermany images, scored on its test "
+        f"patients and on kermany224's unseen patients:\n\n{processing_table(records)}\n"
     )
     (args.out / "robustness.md").write_text(text)
     print(text)

@@ -24,16 +24,14 @@ class SharedDataset:
         return f"{self.reader}:{data_root / self.file}"
 
 
+KERMANY_CLASSES = {"normal": "normal", "bacterial": "bacterial", "viral": "viral"}
 SHARED_DATASETS = {
     "pneumoniamnist": SharedDataset("medmnist", "pneumoniamnist/pneumoniamnist_trainval.npz", 28),
     "cxr4": SharedDataset("csv", "cxr4/manifest.csv", 64),
     # The Kermany subset: no confound between disease and hospital (see the data's README).
-    "cxr4-kermany": SharedDataset(
-        "csv",
-        "cxr4/manifest.csv",
-        64,
-        {"normal": "normal", "bacterial": "bacterial", "viral": "viral"},
-    ),
+    "cxr4-kermany": SharedDataset("csv", "cxr4/manifest.csv", 64, KERMANY_CLASSES),
+    # The same hospital's radiographs processed differently (224 px, aspect ratio squashed).
+    "kermany224": SharedDataset("csv", "kermany224/manifest.csv", 64, KERMANY_CLASSES),
 }
 
 

@@ -33,10 +33,11 @@ from hxr_model.training_loop import (
 )
 
 Monitor = Literal["balanced_accuracy", "accuracy", "auc", "loss"]
-# "logit-adjusted" is the balanced softmax (Ren et al. 2020; Menon et al. 2021): the training
-# set's log class prior is added to the logits inside the loss, so the model learns scores free
-# of that prior. In a federation it removes each clinic's own label mix from its update (FedLC's
-# idea), which plain cross-entropy would write into the shared head.
+# "logit-adjusted" (Menon et al. 2021; FedLC, Zhang et al. 2022): the training set's log class
+# share, less the log of a target share, is added to the logits inside the loss, so the model
+# learns the scores of a task with the target's label mix (equal shares: the balanced softmax).
+# In a federation it keeps each clinic's own mix out of its update, which plain cross-entropy
+# would write into the shared head.
 Imbalance = Literal["none", "class-weights", "balanced-sampler", "logit-adjusted"]
 # A preset of `hxr_model.augment.PRESETS`, or none.
 Augmentation = Literal["none", "light", "scanner-shift"]
@@ -102,15 +103,19 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
 
 
-def log_class_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
-    """Log of each class's share of `labels`; None where a class is absent: its log share is
-    minus infinity and the adjustment undefined (measured on cxr4 by hospital, where each clinic
-    lacks the other's classes: with one image per absent class assumed instead, every
-    radiograph came out COVID-19), so such a training set keeps plain cross-entropy."""
+def logit_adjustment(
+    labels: np.ndarray, num_classes: int, target_share: list[float]
+) -> torch.Tensor | None:
+    """Log of each class's share of `labels` less the log of `target_share` (empty: equal
+    shares). None where a class is absent: its log share is minus infinity and the adjustment
+    undefined (measured on cxr4 by hospital, where each clinic lacks the other's classes: with
+    one image per absent class assumed instead, every radiograph came out COVID-19), so such a
+    training set keeps plain cross-entropy."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     if not counts.all():
         return None
-    return torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    share = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    return share - torch.tensor(target_share or [1.0 / num_classes] * num_classes).log()
 
 
 def cross_entropy_objective(
@@ -241,12 +246,9 @@ def train_classifier(
         if config.absent_class_scale < 1:
             present = torch.from_numpy(np.bincount(labels, minlength=num_classes) > 0)
             scale = torch.where(present, 1.0, config.absent_class_scale)
-        offset = log_class_prior(labels, num_classes)
-        if config.imbalance == "logit-adjusted" and offset is not None:
-            target = torch.tensor(config.target_class_prior or [1.0 / num_classes] * num_classes)
-            offset = offset - target.log()
-        else:
-            offset = None
+        offset = None
+        if config.imbalance == "logit-adjusted":
+            offset = logit_adjustment(labels, num_classes, config.target_class_prior)
         objective = cross_entropy_objective(loss_weights, config.label_smoothing, scale, offset)
     sample_weights = weights.numpy()[labels] if config.imbalance == "balanced-sampler" else None
     image_size = int(train_set[0][0].shape[-1])

@@ -1,8 +1,17 @@
 """The robustness study: folds that never train on the held-out style, fixed shifts, tables."""
 
+import numpy as np
 import torch
 
-from experiments.robustness import SHIFTS, shifts_table, style_folds, styles_table
+from experiments.robustness import (
+    SHIFTS,
+    processing_table,
+    shifts_table,
+    style_folds,
+    styles_table,
+    unseen_patients,
+)
+from hxr_model.data import RadiographDataset
 from hxr_model.data.scan import scan
 
 
@@ -54,3 +63,35 @@ def test_the_tables_average_over_seeds() -> None:
     ]
     row = "| after |" + " 0.250 ± 0.000 |" * (len(SHIFTS) + 1)
     assert shifts_table(shifts).splitlines()[2] == row
+
+
+def test_the_processing_shift_is_scored_on_patients_absent_from_training_data_only() -> None:
+    """kermany224 shares patients with cxr4: only the others (with a known id) are unseen."""
+    patients = ["kermany:person1", "kermany:person2", "kermany:person3", None, "kermany:person2"]
+    shifted = RadiographDataset(
+        np.zeros((5, 8, 8), np.uint8), np.array([0, 1, 2, 0, 1]), ["normal", "bacterial", "viral"],
+        patient_ids=patients,
+    )  # fmt: skip
+    unseen = unseen_patients(shifted, {"kermany:person1", "kermany:person3"})
+    assert unseen.patient_ids == ["kermany:person2", "kermany:person2"]
+    assert unseen.labels.tolist() == [1, 1]
+
+
+def test_the_processing_table_gives_both_views_per_arm() -> None:
+    views = ("cxr4 test patients", "kermany224, patients not in cxr4")
+    records = [
+        {
+            "study": "processing",
+            "arm": "after",
+            "seed": seed,
+            "scores": {v: {"accuracy": acc, "balanced_accuracy": 0.5} for v in views},
+        }
+        for seed, acc in ((0, 0.6), (1, 0.8))
+    ]
+    table = processing_table(records).splitlines()
+    assert table[0] == (
+        "| arm | cxr4 test patients: accuracy | cxr4 test patients: balanced acc. "
+        "| kermany224, patients not in cxr4: accuracy "
+        "| kermany224, patients not in cxr4: balanced acc. |"
+    )
+    assert table[2] == "| after |" + " 0.700 ± 0.141 | 0.500 ± 0.000 |" * 2

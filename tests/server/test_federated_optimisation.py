@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from flwr.app import Message
 from flwr.serverapp.strategy import FedAvgM
 
-from hxr_model.training import cross_entropy_objective, log_class_prior
+from hxr_model.training import cross_entropy_objective, logit_adjustment
 from protocol.arrays import from_record
 from protocol.records import ARRAYS_KEY, CONFIG_KEY
 from protocol.schedule import is_statistic
 from server.federation import run_federation
+from server.label_prior import pooled_label_share
 from server.optimiser_state import optimiser_state, restore_optimiser_state
 from server.recalibration import pool_statistics
 from server.run_config import FederationConfig
@@ -165,8 +166,6 @@ def test_logit_adjusted_loss_learns_the_scores_of_the_label_share_it_targets() -
     log 9); the logit-adjusted loss teaches the share it is told to target instead: equal shares
     (gap 0), or the federation's 75 % (gap log 3), whatever the clinic's own mix."""
     labels = torch.tensor([0] * 90 + [1] * 10)
-    prior = log_class_prior(labels.numpy(), 2)
-    assert torch.allclose(prior, torch.log(torch.tensor([0.9, 0.1])))
 
     def learned_bias_gap(offset: torch.Tensor | None) -> float:
         bias = torch.zeros(2, requires_grad=True)
@@ -180,10 +179,12 @@ def test_logit_adjusted_loss_learns_the_scores_of_the_label_share_it_targets() -
             optimiser.step()
         return float((bias[0] - bias[1]).detach())
 
+    equal = logit_adjustment(labels.numpy(), 2, [])
+    assert torch.allclose(equal, torch.log(torch.tensor([0.9, 0.1]) / 0.5))
     assert learned_bias_gap(None) == pytest.approx(math.log(9), abs=0.01)
-    assert learned_bias_gap(prior - math.log(0.5)) == pytest.approx(0.0, abs=0.01)
-    pooled = torch.log(torch.tensor([0.75, 0.25]))
-    assert learned_bias_gap(prior - pooled) == pytest.approx(math.log(3), abs=0.01)
+    assert learned_bias_gap(equal) == pytest.approx(0.0, abs=0.01)
+    pooled = logit_adjustment(labels.numpy(), 2, [0.75, 0.25])
+    assert learned_bias_gap(pooled) == pytest.approx(math.log(3), abs=0.01)
 
 
 def test_clinics_are_sent_the_pooled_validation_label_share_of_the_last_evaluated_round(
@@ -212,11 +213,18 @@ def test_clinics_are_sent_the_pooled_validation_label_share_of_the_last_evaluate
     for instructions in asked[SITES:]:
         assert instructions["imbalance"] == "logit-adjusted"
         np.testing.assert_allclose(instructions["class-prior"], counts / counts.sum())
+    # A resumed run reads the share from the stored rounds: round 2's, the last evaluated.
+    last = records_of(run_dir)[1]["evaluate"]["sites"].values()
+    counts = sum(
+        np.reshape(site["val-confusion-matrix"], (classes, classes)).sum(axis=1) for site in last
+    )
+    resumed = pooled_label_share(RunStore(run_dir).read_rounds(), classes)
+    np.testing.assert_allclose(resumed, counts / counts.sum())
 
 
 def test_a_clinic_lacking_a_class_keeps_plain_cross_entropy() -> None:
     """Its log share of that class is minus infinity: no adjustment is defined."""
-    assert log_class_prior(np.array([0, 0, 2]), 3) is None
+    assert logit_adjustment(np.array([0, 0, 2]), 3, []) is None
 
 
 def test_uniform_weighting_gives_every_clinic_one_vote(make_grid, make_config) -> None:
