@@ -53,6 +53,8 @@ from hxr_model.text_table import format_markdown_table
 from hxr_model.training import Augmentation, TrainConfig, predict_probabilities, train_classifier
 
 STYLES = 4
+# What each study other than `styles` is scored on, the last part of a result's key.
+SCORED_ON = {"shifts": "cxr4", "processing": "kermany224"}
 # Shifted views are seeded apart from training, so every arm is scored on the same images.
 SHIFT_SEED = 1234
 
@@ -178,14 +180,14 @@ def run_shifts(args: argparse.Namespace, done: set[tuple], results: Path) -> Non
     splits = load_splits(cxr4.ref(args.data_root), cxr4.image_size, seed=0)
     images, labels = splits.val.tensors()
     views = {name: (shift(images), labels) for name, shift in SHIFTS.items()}
-    _train_and_score(args, done, results, ("shifts", "cxr4"), splits, views)
+    _train_and_score(args, done, results, "shifts", splits, views)
 
 
 def _train_and_score(
     args: argparse.Namespace,
     done: set[tuple],
     results: Path,
-    study: tuple[str, str],
+    study: str,
     splits: DataSplits,
     views: dict[str, tuple[torch.Tensor, torch.Tensor]],
 ) -> None:
@@ -193,7 +195,7 @@ def _train_and_score(
     epoch) and scored on each view (images, labels)."""
     for arm_name in args.arms:
         for seed in args.seeds:
-            key = (study[0], arm_name, seed, study[1])
+            key = (study, arm_name, seed, SCORED_ON[study])
             if key in done:
                 continue
             model, _ = train(
@@ -230,7 +232,7 @@ def run_processing(args: argparse.Namespace, done: set[tuple], results: Path) ->
         "cxr4 test patients": splits.test.tensors(),
         "kermany224, patients not in cxr4": unseen_patients(shifted, every_cxr4_patient).tensors(),
     }
-    _train_and_score(args, done, results, ("processing", "kermany224"), splits, views)
+    _train_and_score(args, done, results, "processing", splits, views)
 
 
 def _append(results: Path, key: tuple, row: dict[str, Any]) -> None:
@@ -242,8 +244,9 @@ def _append(results: Path, key: tuple, row: dict[str, Any]) -> None:
 
 
 def _key(record: dict[str, Any]) -> tuple:
-    where = {"styles": record.get("held_out"), "shifts": "cxr4"}.get(record["study"], "kermany224")
-    return (record["study"], record["arm"], record["seed"], where)
+    study = record["study"]
+    where = record["held_out"] if study == "styles" else SCORED_ON[study]
+    return (study, record["arm"], record["seed"], where)
 
 
 def _mean_sd(values: Sequence[float]) -> str:

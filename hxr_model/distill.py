@@ -81,11 +81,11 @@ def distill_classifier(
     distill_config: DistillConfig,
 ) -> TrainResult:
     """Train `student` in place from an already-trained `teacher` (kept frozen in eval mode)."""
+    if train_config.imbalance == "logit-adjusted":
+        raise ConfigError("distillation takes imbalance none, class-weights or balanced-sampler")
     teacher.eval().to(resolve_device(train_config.device))
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    if train_config.imbalance == "logit-adjusted":
-        raise ConfigError("distillation takes imbalance none, class-weights or balanced-sampler")
     weights = None
     if train_config.imbalance == "class-weights":
         weights = class_weights(train_set.labels, len(train_set.class_names))

@@ -127,7 +127,7 @@ def cross_entropy_objective(
     """Cross-entropy, optionally class-weighted; `logit_scale` multiplies each class's logit
     first (FedRS: classes a clinic holds no image of get a factor below 1, so its training does
     not teach the shared model that those classes never occur), then `logit_offset` is added
-    (the log class prior of the logit-adjusted loss)."""
+    (the logit-adjusted loss's `logit_adjustment`)."""
 
     def objective(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if weights is None else weights.to(images.device)

@@ -20,16 +20,14 @@ from server.round_record import RoundRecord, last_evaluated
 
 
 def pooled_label_share(records: Sequence[RoundRecord], num_classes: int) -> list[float]:
-    """The label share of all clinics' validation images in the last evaluated round, every
-    class counted at least once (a share must stay positive); empty where none was reported."""
+    """The label share of all clinics' validation images in the last evaluated round (the rows
+    of the round's summed validation confusion counts), every class counted at least once (a
+    share must stay positive); empty where none was reported."""
     final = last_evaluated(records)
-    if final is None:
+    matrix = final.evaluate.aggregate.get(VALIDATION_CONFUSION_KEY) if final else None
+    if not isinstance(matrix, list) or len(matrix) != num_classes * num_classes:
         return []
-    counts = np.zeros(num_classes, dtype=np.float64)
-    for metrics in final.evaluate.sites.values():
-        matrix = metrics.get(VALIDATION_CONFUSION_KEY)
-        if isinstance(matrix, list) and len(matrix) == num_classes * num_classes:
-            counts += np.asarray(matrix, dtype=np.float64).reshape(num_classes, -1).sum(axis=1)
+    counts = np.asarray(matrix, dtype=np.float64).reshape(num_classes, -1).sum(axis=1)
     if not counts.any():
         return []
     counts = np.maximum(counts, 1.0)
