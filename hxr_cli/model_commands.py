@@ -239,10 +239,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data}: {error}") from None
     dataset = pick_split(splits, args.split, args.data)
     labels, probabilities = predict_probabilities(checkpoint.model, dataset, device=args.device)
+    labels = to_model_class[labels]
     metrics = classification_metrics(
-        to_model_class[labels], probabilities, checkpoint.class_names, checkpoint.threshold
+        labels, probabilities, checkpoint.class_names, checkpoint.threshold
     )
     metrics["skipped_files"] = len(splits.skipped)
+    # Data joined from several hospitals is also scored per source: a pooled figure can hide
+    # the one hospital where the model fails.
+    sources = sorted({source for source in dataset.sources if source is not None})
+    if len(sources) > 1:
+        of_source = np.array(dataset.sources, dtype=object)
+        metrics["by_source"] = {
+            source: classification_metrics(
+                labels[of_source == source],
+                probabilities[of_source == source],
+                checkpoint.class_names,
+                checkpoint.threshold,
+            )
+            for source in sources
+        }
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -285,6 +300,13 @@ def describe_evaluation(metrics: dict[str, Any], split: str) -> str:
         if name in present
     ]
     lines.append(format_table(["", *names], matrix))
+    if "by_source" in metrics:
+        lines.append("by source:")
+        rows = [
+            [source, part["n"], _figure(part["accuracy"]), _figure(part["balanced_accuracy"])]
+            for source, part in metrics["by_source"].items()
+        ]
+        lines.append(format_table(["", "images", "accuracy", "balanced accuracy"], rows))
     return "\n".join(lines)
 
 

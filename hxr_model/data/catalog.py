@@ -4,12 +4,13 @@ already visible from the listing (missing files, bad manifest rows)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from hxr_model.data.problems import FileProblem
+from hxr_model.errors import DataError
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -53,3 +54,29 @@ class Catalog:
     entries: list[Entry]
     class_names: list[str]
     problems: list[FileProblem] = field(default_factory=list)
+
+
+def combine_catalogs(parts: list[tuple[str, Catalog]]) -> Catalog:
+    """One listing of several sources, each given with its reference. Every name is prefixed
+    with its source's reference (two sources may both hold `images/1.png`); classes are the
+    union, in order of first appearance. Sources must all carry splits or none: entries without a
+    split beside a source's official splits would belong to no split and be lost."""
+    with_splits = [ref for ref, catalog in parts if any(e.split for e in catalog.entries)]
+    if with_splits and len(with_splits) < len(parts):
+        without = [ref for ref, _ in parts if ref not in with_splits]
+        raise DataError(
+            f"{', '.join(with_splits)} give train/val/test splits and {', '.join(without)} do "
+            "not: combine sources that all carry splits, or none"
+        )
+    entries = [
+        replace(entry, name=f"{ref}#{entry.name}")
+        for ref, catalog in parts
+        for entry in catalog.entries
+    ]
+    problems = [
+        replace(problem, path=f"{ref}#{problem.path}")
+        for ref, catalog in parts
+        for problem in catalog.problems
+    ]
+    class_names = list(dict.fromkeys(name for _, catalog in parts for name in catalog.class_names))
+    return Catalog(entries, class_names, problems)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hxr_model.data.catalog import Catalog
+from hxr_model.data.catalog import Catalog, combine_catalogs
 from hxr_model.data.files import list_folder, list_manifest
 from hxr_model.data.medmnist import list_medmnist, pneumoniamnist_path
 from hxr_model.data.synthetic import DEFAULT_COUNT, list_synthetic
 from hxr_model.errors import DataError
 
-REF_FORMS = "medmnist:PATH, pneumoniamnist, folder:DIR, csv:FILE or synthetic[:N[:SITES]]"
+REF_FORMS = (
+    "medmnist:PATH, pneumoniamnist, folder:DIR, csv:FILE or synthetic[:N[:SITES]], or several "
+    "joined by '+'"
+)
+# Joins references into one dataset (e.g. two hospitals' manifests whose patients overlap), so
+# splitting by patient runs across all of them at once.
+REF_SEPARATOR = "+"
 DEFAULT_IMAGE_SIZE = 64
 # The reference forms whose argument is a file or folder.
 PATH_KINDS = ("medmnist", "folder", "csv")
@@ -19,7 +25,7 @@ PATH_KINDS = ("medmnist", "folder", "csv")
 def default_image_size(ref: str, cache_dir: Path) -> int:
     """The size to train at when the user names none: a MedMNIST release's own resolution (it
     was made at that size; upsampling costs time and adds nothing), else DEFAULT_IMAGE_SIZE."""
-    if ref == "pneumoniamnist" or ref.startswith("medmnist:"):
+    if REF_SEPARATOR not in ref and (ref == "pneumoniamnist" or ref.startswith("medmnist:")):
         entries = open_catalog(ref, DEFAULT_IMAGE_SIZE, cache_dir).entries
         if entries and entries[0].pixels is not None:
             return int(entries[0].pixels.shape[-1])
@@ -29,6 +35,11 @@ def default_image_size(ref: str, cache_dir: Path) -> int:
 def open_catalog(ref: str, image_size: int, cache_dir: Path) -> Catalog:
     """List the images `ref` names; `image_size` is only used by the synthetic source, which
     renders at the final size instead of resizing."""
+    if REF_SEPARATOR in ref:
+        parts = ref.split(REF_SEPARATOR)
+        return combine_catalogs(
+            [(part, open_catalog(part, image_size, cache_dir)) for part in parts]
+        )
     kind, _, argument = ref.partition(":")
     if kind == "synthetic":
         count, sites = _synthetic_arguments(ref, argument)
@@ -44,6 +55,8 @@ def open_catalog(ref: str, image_size: int, cache_dir: Path) -> Catalog:
 def anchor_ref(ref: str, base: Path) -> str:
     """`ref` with a relative file path read from `base`: a site TOML's `folder:xr` means the
     `xr` beside the TOML, wherever the client process happens to run."""
+    if REF_SEPARATOR in ref:
+        return REF_SEPARATOR.join(anchor_ref(part, base) for part in ref.split(REF_SEPARATOR))
     kind, _, argument = ref.partition(":")
     if kind not in PATH_KINDS or not argument:
         return ref

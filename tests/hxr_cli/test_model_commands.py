@@ -264,3 +264,26 @@ def test_predict_through_onnx_cannot_draw_gradcam(tmp_path, capsys) -> None:
     code = main(["predict", "--onnx", str(tmp_path / "m.onnx"), "x.png", "--gradcam", "cams"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and "--gradcam needs the PyTorch model" in error
+
+
+def test_evaluate_scores_each_source_of_the_data_apart(six_class_checkpoint, capsys) -> None:
+    data = ["--data", "synthetic:120:2", "--split", "val"]
+    assert main(["evaluate", "--checkpoint", str(six_class_checkpoint), *data, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+
+    val = load_splits("synthetic:120:2", 32, seed=0).val
+    images = torch.stack([val[index][0] for index in range(len(val))])
+    with torch.inference_mode():
+        predicted = load_checkpoint(six_class_checkpoint).model(images).argmax(1).numpy()
+    sources = np.array(val.sources)
+    assert sorted(metrics["by_source"]) == ["scanner-0", "scanner-1"]
+    for source, part in metrics["by_source"].items():
+        rows = sources == source
+        assert part["n"] == int(rows.sum()) > 0
+        assert part["accuracy"] == pytest.approx(
+            float((predicted[rows] == val.labels[rows]).mean())
+        )
+    assert sum(part["n"] for part in metrics["by_source"].values()) == metrics["n"]
+    assert main(["evaluate", "--checkpoint", str(six_class_checkpoint), *data]) == 0
+    table = capsys.readouterr().out.split("by source:")[1].splitlines()
+    assert [row.split()[0] for row in table[2:]] == ["scanner-0", "scanner-1"]

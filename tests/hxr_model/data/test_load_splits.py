@@ -14,7 +14,7 @@ import hxr_model.data.scan as scan_module
 from hxr_model.data import RadiographDataset, check_data, load_splits
 from hxr_model.data import medmnist as medmnist_module
 from hxr_model.data.phantoms import PHANTOM_CLASSES, generate_phantoms, site_style
-from hxr_model.data.refs import DEFAULT_IMAGE_SIZE, default_image_size
+from hxr_model.data.refs import DEFAULT_IMAGE_SIZE, anchor_ref, default_image_size
 from hxr_model.errors import ConfigError, DataError
 
 LABELS = {"normal": "normal", "pneumonia": "pneumonia"}
@@ -372,3 +372,37 @@ def test_default_image_size_is_a_medmnist_files_own_resolution(tmp_path: Path) -
     path = write_npz(tmp_path / "pneumoniamnist.npz", train=mnist_like(4, 1))
     assert default_image_size(f"medmnist:{path}", tmp_path) == 28
     assert default_image_size("synthetic:10", tmp_path) == DEFAULT_IMAGE_SIZE == 64
+
+
+def test_joined_references_split_by_patient_across_both_sources(tmp_path: Path) -> None:
+    """Two hospitals' manifests that share patients (the same child in both) load as one
+    dataset: every image is kept, classes are the union, and no patient straddles two splits."""
+    refs = []
+    for site, labels in (("a", ("normal", "pneumonia")), ("b", ("pneumonia", "covid"))):
+        folder = tmp_path / site
+        folder.mkdir()
+        rows = []
+        for patient in range(12):
+            name = f"{patient}.png"
+            seed = 1000 * len(refs) + patient
+            (folder / name).write_bytes(png_bytes(noise(seed, side=32)))
+            rows.append({"path": name, "label": labels[patient % 2], "patient_id": f"P{patient}"})
+        refs.append(f"csv:{write_manifest(folder / 'manifest.csv', rows)}")
+    splits = load_splits("+".join(refs), 32, seed=1, val_fraction=0.25, test_fraction=0.25)
+    assert splits.test is not None
+    parts = [splits.train, splits.val, splits.test]
+    assert sum(len(part) for part in parts) == 24
+    assert splits.class_names == ["normal", "pneumonia", "covid"]
+    patients = [set(part.patient_ids) for part in parts]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    names = [name for part in parts for name in part.names]
+    assert f"{refs[0]}#0.png" in names and f"{refs[1]}#0.png" in names
+    assert anchor_ref("csv:a.csv+folder:x", tmp_path) == f"csv:{tmp_path}/a.csv+folder:{tmp_path}/x"
+
+
+def test_joining_a_source_with_splits_to_one_without_is_refused(tmp_path: Path) -> None:
+    rows = [{"path": "x.png", "label": "normal", "split": "train"}]
+    (tmp_path / "x.png").write_bytes(png_bytes(noise(5, side=32)))
+    split_ref = f"csv:{write_manifest(tmp_path / 'split.csv', rows)}"
+    with pytest.raises(DataError, match="give train/val/test splits and synthetic:8 do not"):
+        load_splits(f"{split_ref}+synthetic:8", 32)
