@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from hxr_cli.data_commands import label_map_argument
 from hxr_cli.model_commands import parse_device
 from hxr_model.data.cache import default_cache_dir
-from hxr_model.data.refs import REF_FORMS, default_image_size
+from hxr_model.data.refs import FILE_IMAGE_SIZE, REF_FORMS, default_image_size
 from hxr_model.errors import ConfigError
 from hxr_model.models import model_names
 from protocol.instructions import kebab
@@ -84,8 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--image-size",
         type=int,
         default=None,
-        help=f"images are S x S px (default: a MedMNIST file's own size, else "
-        f"{fields['image_size'].default})",
+        help=f"images are S x S px (default: a MedMNIST file's own size, {FILE_IMAGE_SIZE} "
+        f"for folders and manifests, else {fields['image_size'].default})",
     )
     parser.add_argument(
         "--labels",

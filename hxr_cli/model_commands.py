@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--image-size",
         type=int,
         default=None,
-        help="images are resized to S x S (default: a MedMNIST file's own size, else 64)",
+        help="images are resized to S x S (default: a MedMNIST file's own size, 128 for "
+        "folders and manifests, 64 for phantoms)",
     )
     train.add_argument("--prewarm-epochs", type=int, default=0, help="SimCLR epochs first")
     train.add_argument("--epochs", type=int, default=10)

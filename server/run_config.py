@@ -107,11 +107,13 @@ class FederationSettings(BaseModel):
         "factor in local training (1 = off; the FedRS paper uses 0.5)",
     )
     local_imbalance: Imbalance = Field(
-        "none",
+        "logit-adjusted",
         description="the clinics' loss under label skew: logit-adjusted adds each clinic's log "
         "class share, less the federation's pooled one, to its logits in the loss (FedLC's "
         "calibration), so no clinic's label mix is written into the shared head (a clinic "
-        "lacking a class keeps plain cross-entropy); or class-weights, balanced-sampler, none",
+        "lacking a class, or whose mix is consistent with the pooled one by a chi-square test "
+        "at the 1 percent level, keeps plain cross-entropy); or class-weights, "
+        "balanced-sampler, none",
     )
     clinic_weighting: Literal["examples", "uniform"] = Field(
         "examples",

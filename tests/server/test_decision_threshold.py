@@ -11,7 +11,9 @@ from server.run_config import FederationConfig
 
 
 def task(*classes: str, **settings) -> FederationConfig:
-    return FederationConfig(classes=list(classes), **settings)
+    """A federation whose clinics train with plain cross-entropy unless `settings` say otherwise:
+    the pooled threshold search applies to it."""
+    return FederationConfig(classes=list(classes), **({"local_imbalance": "none"} | settings))
 
 
 def test_scores_are_counted_per_bin_negatives_first() -> None:

@@ -227,6 +227,19 @@ def test_a_clinic_lacking_a_class_keeps_plain_cross_entropy() -> None:
     assert logit_adjustment(np.array([0, 0, 2]), 3, []) is None
 
 
+def test_a_clinic_whose_mix_sampling_explains_keeps_plain_cross_entropy() -> None:
+    """33/26/26/32/25/25 images of six classes (a demo phantom clinic) is what drawing equal
+    shares gives (chi-square p = 0.79): no offset. 80/20 against a 75/25 federation is too, on
+    100 images (p = 0.25), but not on 1,000 (p = 0.0003), where it is corrected."""
+    demo = np.repeat(np.arange(6), [33, 26, 26, 32, 25, 25])
+    assert logit_adjustment(demo, 6, []) is None
+    few, many = (np.repeat([0, 1], [8 * n, 2 * n]) for n in (10, 100))
+    assert logit_adjustment(few, 2, [0.75, 0.25]) is None
+    offset = logit_adjustment(many, 2, [0.75, 0.25])
+    assert offset is not None
+    assert torch.allclose(offset, torch.log(torch.tensor([0.8 / 0.75, 0.2 / 0.25])))
+
+
 def test_uniform_weighting_gives_every_clinic_one_vote(make_grid, make_config) -> None:
     config = make_config(num_server_rounds=1, prewarm_rounds=0, clinic_weighting="uniform")
     (record,) = records_of(run_federation(make_grid(), config, 1))

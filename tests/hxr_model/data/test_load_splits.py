@@ -14,7 +14,12 @@ import hxr_model.data.scan as scan_module
 from hxr_model.data import RadiographDataset, check_data, load_splits
 from hxr_model.data import medmnist as medmnist_module
 from hxr_model.data.phantoms import PHANTOM_CLASSES, generate_phantoms, site_style
-from hxr_model.data.refs import DEFAULT_IMAGE_SIZE, anchor_ref, default_image_size
+from hxr_model.data.refs import (
+    DEFAULT_IMAGE_SIZE,
+    FILE_IMAGE_SIZE,
+    anchor_ref,
+    default_image_size,
+)
 from hxr_model.errors import ConfigError, DataError
 
 LABELS = {"normal": "normal", "pneumonia": "pneumonia"}
@@ -368,10 +373,14 @@ def test_dataset_items_subset_and_tensors() -> None:
     assert dataset.class_counts().tolist() == [1, 2]
 
 
-def test_default_image_size_is_a_medmnist_files_own_resolution(tmp_path: Path) -> None:
+def test_default_image_size_is_a_medmnist_files_own_resolution_and_clinical_for_files(
+    tmp_path: Path,
+) -> None:
     path = write_npz(tmp_path / "pneumoniamnist.npz", train=mnist_like(4, 1))
     assert default_image_size(f"medmnist:{path}", tmp_path) == 28
     assert default_image_size("synthetic:10", tmp_path) == DEFAULT_IMAGE_SIZE == 64
+    for ref in ("csv:m.csv", "folder:xr", f"medmnist:{path}+folder:xr"):
+        assert default_image_size(ref, tmp_path) == FILE_IMAGE_SIZE == 128
 
 
 def test_joined_references_split_by_patient_across_both_sources(tmp_path: Path) -> None:
