@@ -17,7 +17,7 @@ from hxr_model.checkpoint import load_checkpoint, save_checkpoint
 from hxr_model.data import DataSplits, RadiographDataset
 from hxr_model.data.cache import default_cache_dir
 from hxr_model.data.decoding import decode_image_bytes
-from hxr_model.data.refs import default_image_size
+from hxr_model.data.refs import DEFAULT_IMAGE_SIZE, FILE_IMAGE_SIZE, default_image_size
 from hxr_model.data.resizing import to_square
 from hxr_model.distill import DistillConfig
 from hxr_model.errors import ConfigError, DataError, HXRError
@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--image-size",
         type=int,
         default=None,
-        help="images are resized to S x S (default: a MedMNIST file's own size, 128 for "
-        "folders and manifests, 64 for phantoms)",
+        help="images are resized to S x S (default: a MedMNIST file's own size, "
+        f"{FILE_IMAGE_SIZE} for folders and manifests, {DEFAULT_IMAGE_SIZE} for phantoms)",
     )
     train.add_argument("--prewarm-epochs", type=int, default=0, help="SimCLR epochs first")
     train.add_argument("--epochs", type=int, default=10)

@@ -124,8 +124,7 @@ def logit_adjustment(
     target = np.asarray(target_share or [1.0 / num_classes] * num_classes, dtype=np.float64)
     if chisquare(counts, target / target.sum() * counts.sum()).pvalue >= MIX_SIGNIFICANCE:
         return None
-    share = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
-    return share - torch.tensor(target_share or [1.0 / num_classes] * num_classes).log()
+    return torch.tensor(np.log(counts / counts.sum()) - np.log(target), dtype=torch.float32)
 
 
 def cross_entropy_objective(

@@ -18,9 +18,10 @@ REF_FORMS = (
 # splitting by patient runs across all of them at once.
 REF_SEPARATOR = "+"
 DEFAULT_IMAGE_SIZE = 64
-# Radiograph files (folders, manifests, DICOM) train at clinical resolution unless told: on cxr4,
-# pre-warmed HXR-150 at 128 px scores within 1-2 points of 224 px on a patient-grouped test split
-# in half the CPU time, and 64 px maps a lesion to a few feature cells (docs/benchmarks.md).
+# Radiograph files (folders, manifests, DICOM) train at clinical resolution unless told: on
+# cxr4, pre-warmed HXR-150 at 128 px scores within 0.4-2.2 points of 224 px on a patient-grouped
+# test split in half the CPU time, and 64 px maps a lesion to a few feature cells
+# (docs/benchmarks.md).
 FILE_IMAGE_SIZE = 128
 # The reference forms whose argument is a file or folder.
 PATH_KINDS = ("medmnist", "folder", "csv")
