@@ -2,14 +2,13 @@
 in, results out.
 
 `app` serves deployment (`flower-supernode --node-config 'site-config="site.toml"'`) and
-`flwr run .` simulations. `build_client_app` lets the in-process simulation say how a node finds
-its site, because `flwr.simulation.run_simulation` gives ClientApps no run config.
+simulations (`hxr simulate`, `flwr run`), where a node plays a partition the run config names.
+`build_client_app` takes another way to find a node's site (tests hand clinics their own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from logging import ERROR, INFO
 from typing import Any, TypeVar
 
@@ -29,10 +28,7 @@ from client.local_rounds import (
     statistics_round,
 )
 from client.site_config import (
-    NUM_PARTITIONS_KEY,
-    PARTITION_ID_KEY,
     SiteConfig,
-    simulated_site,
     site_from_node_config,
 )
 from client.site_data import SiteData, load_site_data
@@ -84,34 +80,6 @@ def clip_when_asked(message: Message, context: Context, call_next: Handler) -> M
 def node_site(context: Context) -> SiteConfig:
     """Deployment and `flwr run`: the site comes from the node config (or the run config)."""
     return site_from_node_config(context.node_config, context.run_config)
-
-
-@dataclass(frozen=True)
-class SimulatedSites:
-    """In-process simulation: node k plays partition k of `data` (picklable for Ray actors).
-
-    `label_map` applies at every clinic; `site_label_maps` (by clinic number, from 1) replaces it
-    at the clinics named, e.g. one clinic that swaps two classes in the label-flip study.
-    """
-
-    data: str
-    scheme: str
-    seed: int
-    # Further SiteConfig fields every virtual clinic shares (privacy, device, skip_bad).
-    shared: Mapping[str, Any] = field(default_factory=dict)
-    label_map: Mapping[str, str] = field(default_factory=dict)
-    site_label_maps: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
-
-    def __call__(self, context: Context) -> SiteConfig:
-        return self.site(
-            int(context.node_config[PARTITION_ID_KEY]),
-            int(context.node_config[NUM_PARTITIONS_KEY]),
-        )
-
-    def site(self, index: int, num_sites: int) -> SiteConfig:
-        label_map = dict(self.site_label_maps.get(index + 1, self.label_map))
-        settings = {**self.shared, "label_map": label_map}
-        return simulated_site(index, num_sites, self.data, self.scheme, self.seed, **settings)
 
 
 def _prepare(

@@ -3,8 +3,9 @@
 The SuperNode's node config either points at a site TOML file (`site-config="site.toml"`) or
 carries the same settings as key-values (`site-name="north" data="folder:/data/xr"`). In Flower's
 simulation engine a node knows only its partition number, so the site is then a partition of the
-run's `data` reference instead. Every path ends in the same pydantic model, and a bad value stops
-the client with one line naming the field.
+run's `data` reference instead, with the settings the run config gives every virtual clinic.
+Every path ends in the same pydantic model, and a bad value stops the client with one line
+naming the field.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hxr_model.data.label_map import parse_label_map
+from hxr_model.data.label_map import parse_label_map, parse_site_label_maps
 from hxr_model.data.refs import anchor_ref
 from hxr_model.errors import ConfigError, describe_validation_error
+from protocol.records import PrivacyPolicy
 from protocol.site_names import SITE_NAME_PATTERN
-
-PrivacyPolicy = Literal["none", "heatmap", "overlay"]
 
 SITE_CONFIG_KEY = "site-config"
 PARTITION_ID_KEY = "partition-id"
@@ -144,6 +144,24 @@ def simulated_site(
     )
 
 
+def _simulated_settings(run_config: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """What every virtual clinic's site config says, from the run config (`hxr simulate`'s
+    settings): privacy, device, skip-bad, and the clinic's label map (its own where
+    `site-label-maps` names it)."""
+    settings = {
+        name.replace("-", "_"): run_config[name]
+        for name in ("privacy", "device", "skip-bad")
+        if name in run_config
+    }
+    try:
+        own_maps = parse_site_label_maps(str(run_config.get("site-label-maps", "")))
+        shared_map = parse_label_map(str(run_config.get("label-map", "")))
+        label_map = own_maps.get(index + 1, shared_map)
+    except ConfigError as error:
+        raise ConfigError(f"run config: {error}") from None
+    return {**settings, "label_map": label_map}
+
+
 def site_from_node_config(
     node_config: Mapping[str, Any], run_config: Mapping[str, Any]
 ) -> SiteConfig:
@@ -158,12 +176,14 @@ def site_from_node_config(
             raise ConfigError(
                 f"run config: simulated sites need '{missing[0]}' (the dataset to partition)"
             )
+        index = int(node_config[PARTITION_ID_KEY])
         return simulated_site(
-            int(node_config[PARTITION_ID_KEY]),
+            index,
             int(node_config[NUM_PARTITIONS_KEY]),
             str(run_config["data"]),
             str(run_config["partition"]),
             int(run_config.get("seed", 0)),
+            **_simulated_settings(run_config, index),
         )
     raise ConfigError(
         f"node config: no site configured; start the SuperNode with "

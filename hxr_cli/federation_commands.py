@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +46,9 @@ def add_settings_options(
         options: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,
-            "help": f"{field.description} (default: {field.default})",
+            # Every option here is a simulation's; the run config's notes say whose a key is.
+            "help": f"{field.description.removeprefix('simulation only: ')} "
+            f"(default: {field.default})",
         }
         kind = field.annotation
         if get_origin(kind) is Literal:
@@ -135,12 +136,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     try:
         run_dir = simulate(settings)
     except KeyboardInterrupt:
-        # Ray is shut down and every completed round is on disk, but a Flower simulation thread
-        # may still wait on a Ray actor the interrupt killed: end the process without joining it.
+        # The local SuperLink and its clinics are stopped; every completed round is on disk.
         print(f"hxr: interrupted; continue with --resume --out {settings.out}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+        return 130
     verdict = _final_round_verdict(run_dir)
     if verdict == 0 and (settings.local_baselines or args.baselines):
         add_comparison(settings, run_dir, centralized=args.baselines)

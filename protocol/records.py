@@ -6,6 +6,8 @@ here renames it everywhere.
 
 from __future__ import annotations
 
+from typing import Literal
+
 # Bumped whenever a message's content changes shape; clinics and coordinators upgrade at different
 # times, and a mismatch must be one clear rejection, not a confusing failure later.
 PROTOCOL_VERSION = 5
@@ -22,6 +24,9 @@ GRADCAM_HEATMAPS = "heatmaps"
 GRADCAM_IMAGES = "images"
 GRADCAM_LABELS = "labels"
 GRADCAM_PREDICTIONS = "predictions"
+# What of a Grad-CAM sample a site lets leave it: nothing, the heat map alone, or the heat map
+# over its radiograph (images leave the site).
+PrivacyPolicy = Literal["none", "heatmap", "overlay"]
 # The metric Flower's weighted strategies weigh each reply by.
 WEIGHT_KEY = "num-examples"
 

@@ -11,17 +11,23 @@ typo or a negative round count stops the run with one line naming the key.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hxr_model.data.label_map import parse_label_map
+from hxr_model.data.label_map import (
+    format_label_map,
+    format_site_label_maps,
+    parse_label_map,
+    parse_site_label_maps,
+)
 from hxr_model.errors import ConfigError, describe_validation_error
 from hxr_model.models import check_model_name
 from hxr_model.training import Imbalance
 from protocol.instructions import MAX_ROUNDS, RoundInstructions, kebab
+from protocol.records import PrivacyPolicy
 from protocol.schedule import Phase
 
 StrategyName = Literal[
@@ -39,6 +45,16 @@ SIMULATION_DERIVED = {
     "out_dir": "hxr simulate --out",
     "resume": "hxr simulate --resume",
 }
+
+
+def _parsed(parse: Callable[[str], Any], value: Any) -> Any:
+    """A run config's text form of a mapping, parsed (pydantic reports the ValueError)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse(value)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
 
 
 class FederationSettings(BaseModel):
@@ -188,6 +204,21 @@ class FederationSettings(BaseModel):
         description="simulation only: iid, dirichlet:ALPHA[:MIN], quantity:..., or by-source "
         "(one clinic per scanner)",
     )
+    privacy: PrivacyPolicy = Field(
+        "heatmap", description="simulation only: what Grad-CAM samples the clinics share"
+    )
+    skip_bad: bool = Field(False, description="simulation only: clinics leave unreadable files out")
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="simulation only: source label -> class, at every clinic"
+    )
+    site_label_maps: dict[int, dict[str, str]] = Field(
+        default_factory=dict,
+        description="simulation only: per clinic (numbered from 1), a label map replacing "
+        "`label-map` there, e.g. '2:covid19=normal,normal=covid19'",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="simulation only: the clinics' torch device"
+    )
     dp_noise_multiplier: float = Field(
         0.0, ge=0, description="client-level differential privacy: noise std / clipping norm"
     )
@@ -202,6 +233,16 @@ class FederationSettings(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         return check_model_name(value)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _parse_label_map(cls, value: Any) -> Any:
+        return _parsed(parse_label_map, value)
+
+    @field_validator("site_label_maps", mode="before")
+    @classmethod
+    def _parse_site_label_maps(cls, value: Any) -> Any:
+        return _parsed(parse_site_label_maps, value)
 
     @field_validator("server_learning_rate", mode="before")
     @classmethod
@@ -247,6 +288,21 @@ class FederationSettings(BaseModel):
         if self.cross_site_local_models and self.dp_noise_multiplier > 0:
             raise ValueError("cross-site-local-models cannot combine with dp-noise-multiplier > 0")
         return self
+
+    def run_config_values(self) -> dict[str, str | int | float | bool]:
+        """This config as Flower carries it (kebab-case keys, scalar values), which
+        `from_run_config` reads back as the same config: `hxr simulate`'s `--run-config`."""
+        text_forms: dict[str, Callable[[Any], Any]] = {
+            "classes": ",".join,
+            "max_examples": lambda caps: format_label_map({s: str(n) for s, n in caps.items()}),
+            "label_map": format_label_map,
+            "site_label_maps": format_site_label_maps,
+            "server_learning_rate": lambda rate: "" if rate is None else rate,
+        }
+        return {
+            kebab(name): text_forms.get(name, lambda value: value)(value)
+            for name, value in self.model_dump().items()
+        }
 
     def phase(self, server_round: int) -> Phase:
         """First `prewarm_rounds` rounds pre-warm the encoder, the rest fine-tune."""

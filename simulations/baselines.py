@@ -44,9 +44,9 @@ from server.run_store import RunStore
 from server.summary import EVALUATION_KEYS, write_summary
 from simulations.federation import (
     SimulationSettings,
+    clinic_site,
     federation_config,
     load_settings_splits,
-    simulated_sites,
 )
 
 CENTRALIZED = "centralized"
@@ -179,10 +179,9 @@ def compare_models(
     class_names = splits.class_names
     if splits.test is None or not len(splits.test):
         raise ConfigError("the simulation has no pooled test split to compare models on")
-    clinics = simulated_sites(settings)
     sites: dict[str, SiteData] = {}
     for index in sampled_clinics(settings.sites, settings.seed):
-        site = clinics.site(index, settings.sites)
+        site = clinic_site(settings, index)
         sites[site.name] = load_site_data(site, class_names, settings.image_size)
     identity = np.arange(len(class_names))
     pooled_test = FederationLabels(splits.test, identity, class_names)

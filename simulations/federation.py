@@ -1,50 +1,55 @@
-"""A federation of virtual clinics on one machine, through Flower's simulation engine.
+"""A federation of virtual clinics on one machine (or a Ray cluster), through Flower's
+simulation runtime.
 
-The same ServerApp and ClientApp as in deployment run in-process via
-`flwr.simulation.run_simulation`: no local SuperLink is started (so nothing keeps running after
-the call), and no runtime environment is built (so nothing is downloaded). Each virtual clinic
-is one partition of a dataset, played by a Ray actor limited to one CPU core, on a Ray instance
-of this process or on an existing cluster (`ray_address`).
-
-Flower 1.42 marks this entry point deprecated in favour of `flwr run` against a local SuperLink,
-which works for our app (docs/benchmarks.md: 1.1-1.5x the wall time of a tiny job, and it leaves
-its SuperLink running). This module stays the one thin adapter to Flower's simulation engine
-until `hxr simulate` starts and stops such a SuperLink itself: studies hand it Python objects no
-run config carries (a hostile clinic's own ClientApp in the label-flip and hostile-federation
-studies, the per-clinic label maps), and it owns no process that could outlive the run.
-`CalmTerminal` keeps Flower's notice off the user's terminal.
+`simulate` starts a local SuperLink in simulation mode (`simulations.local_superlink`) and
+submits the project's Flower app to it with `flwr run`: the same ServerApp and ClientApp as in
+deployment, every setting in the run config (what each virtual clinic's site config says
+included), one virtual SuperNode per clinic, each clinic's ClientApp on a Ray actor limited to one
+CPU core. Nothing is installed (runtime dependency installation is off) and the SuperLink ends
+with the call. The run's log streams back: the terminal shows a line per round, a live
+`clinics 7/10` line and every warning, and the whole log is kept in the run folder.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import re
 import sys
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from client.site_config import PrivacyPolicy
+from client.site_config import (
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    SiteConfig,
+    site_from_node_config,
+)
 from hxr_model.data import DataSplits, load_splits, partition
+from hxr_model.errors import ConfigError
+from server.reply_progress import REPLIES_PATTERN
 from server.run_config import FederationConfig, FederationSettings
+from server.run_store import RunStore
+from simulations.local_superlink import LocalSuperLink, SimulationError
 
-if TYPE_CHECKING:
-    from client.client_app import SimulatedSites
-
+# The Flower app `hxr simulate` runs: this project, as `flwr run .` packs it.
+PROJECT_APP = Path(__file__).resolve().parents[1]
 # Flower's and Ray's usage reporting would try the network from every clinic laptop; a
 # simulation must also never build a fresh environment (`flwr run`'s default downloads torch).
-FLOWER_LOGGER = "flwr"
 QUIET_ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray's notice about a future change to GPU visibility; actors reserve no GPU unless asked.
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
+# What the run's streamed log says, line by line: `LEVEL :   message`.
+LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s*(.*)$")
+# Flower's notices that say nothing about this run (it sets the SuperNode count itself).
+FLOWER_NOTICES = ("Since flwr 1.32, default simulated SuperNodes",)
 
 
 class SimulationSettings(FederationSettings):
@@ -52,15 +57,6 @@ class SimulationSettings(FederationSettings):
     on two CPU cores) plus what only virtual clinics on one machine need."""
 
     sites: int = Field(4, ge=1, le=1000, description="number of virtual clinics")
-    privacy: PrivacyPolicy = Field("heatmap", description="what Grad-CAM samples clinics share")
-    skip_bad: bool = Field(False, description="leave unreadable files out")
-    label_map: dict[str, str] = Field(
-        default_factory=dict, description="source label -> class, at every clinic"
-    )
-    site_label_maps: dict[int, dict[str, str]] = Field(
-        default_factory=dict,
-        description="per clinic (numbered from 1), a label map replacing `label_map` there",
-    )
     out: Path = Field(description="run folder")
     resume: bool = Field(False, description="continue the run in --out after its last round")
     cpus: int | None = Field(None, ge=1, description="CPU cores for the virtual clinics")
@@ -78,7 +74,6 @@ class SimulationSettings(FederationSettings):
         description="also train each clinic alone (same budget) and compare every model on the "
         "pooled test split and on every clinic's share",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
 
     @model_validator(mode="after")
     def _one_engine(self) -> SimulationSettings:
@@ -96,42 +91,44 @@ def federation_config(settings: SimulationSettings, class_names: list[str]) -> F
         **settings.model_dump(include=set(FederationSettings.model_fields)),
         classes=class_names,
         min_nodes=settings.sites,
-        out_dir=str(settings.out),
+        out_dir=str(settings.out.resolve()),
         resume=settings.resume,
     )
 
 
-def backend_config(settings: SimulationSettings) -> dict:
-    """One core per virtual clinic, at most as many clinics at once as the machine has cores.
+def runtime_options(settings: SimulationSettings) -> tuple[dict, dict[str, str]]:
+    """Flower's federation config (SuperNodes, Ray's resources) and the environment the
+    simulation runtime starts in.
 
-    Ray hides GPUs from actors that reserve none, so with a GPU the clinics running at the same
-    time share it in equal fractions. On an existing cluster (`ray_address`) the cluster's own
-    resources decide how many clinics run at once, one per free core; with `--device cuda` each
-    reserves a whole GPU.
+    One core per virtual clinic, at most as many clinics at once as the machine has cores. Ray
+    hides GPUs from actors that reserve none, so with a GPU the clinics running at the same time
+    share it in equal fractions. On an existing cluster (`ray_address`, which Ray reads from
+    RAY_ADDRESS: Flower's federation config carries no address) the cluster's own resources
+    decide how many clinics run at once, one per free core; with `--device cuda` each reserves a
+    whole GPU. Elsewhere RAY_ADDRESS=local starts a fresh Ray instance even where `ray start`
+    left a cluster on this machine (Ray would join it, or fail on a stale address it recorded).
     """
+    options: dict = {
+        "num-supernodes": settings.sites,
+        "client-resources-num-cpus": 1,
+        # The clinics' own log lines reach the terminal only when asked for.
+        "init-args-log-to-driver": settings.verbose,
+    }
     if settings.ray_address:
-        return {
-            "client_resources": {
-                "num_cpus": 1,
-                "num_gpus": 1.0 if settings.device == "cuda" else 0,
-            },
-            "init_args": {"address": settings.ray_address, "log_to_driver": settings.verbose},
-        }
+        options["client-resources-num-gpus"] = 1.0 if settings.device == "cuda" else 0.0
+        return options, {"RAY_ADDRESS": settings.ray_address}
     cpus = settings.cpus or max(1, min(settings.sites, len(os.sched_getaffinity(0))))
     gpus = torch.cuda.device_count() if settings.device != "cpu" else 0
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": min(1.0, gpus / cpus) if gpus else 0.0},
-        "init_args": {
-            # A fresh instance of our own, even where `ray start` left a cluster on this machine
-            # (Ray would join it, or fail on a stale address it recorded).
-            "address": "local",
-            "num_cpus": cpus,
-            "num_gpus": gpus,
-            "include_dashboard": False,
-            # The clinics' own log lines reach the terminal only when asked for.
-            "log_to_driver": settings.verbose,
-        },
-    }
+    options["client-resources-num-gpus"] = min(1.0, gpus / cpus) if gpus else 0.0
+    options |= {"init-args-num-cpus": cpus, "init-args-num-gpus": gpus}
+    return options, {"RAY_ADDRESS": "local"}
+
+
+def clinic_site(settings: SimulationSettings, index: int) -> SiteConfig:
+    """Virtual clinic `index` as its ClientApp resolves it, from the same run-config values."""
+    shared = FederationSettings(**settings.model_dump(include=set(FederationSettings.model_fields)))
+    node = {PARTITION_ID_KEY: index, NUM_PARTITIONS_KEY: settings.sites}
+    return site_from_node_config(node, shared.run_config_values())
 
 
 def load_settings_splits(settings: SimulationSettings) -> DataSplits:
@@ -146,27 +143,6 @@ def load_settings_splits(settings: SimulationSettings) -> DataSplits:
     )
 
 
-def quiet_flower() -> None:
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-
-
-def simulated_sites(settings: SimulationSettings) -> SimulatedSites:
-    """The virtual clinics' site configs (imports Flower, quietly)."""
-    quiet_flower()
-    from client.client_app import SimulatedSites
-
-    shared = settings.model_dump(include={"privacy", "device", "skip_bad"})
-    return SimulatedSites(
-        settings.data,
-        settings.partition,
-        settings.seed,
-        shared=shared,
-        label_map=settings.label_map,
-        site_label_maps=settings.site_label_maps,
-    )
-
-
 def check_partitions(settings: SimulationSettings) -> list[str]:
     """Load the data and partition every split here first: a scheme that leaves a clinic empty
     fails in one line before any actor starts. Returns the class names."""
@@ -177,24 +153,40 @@ def check_partitions(settings: SimulationSettings) -> list[str]:
     return splits.class_names
 
 
-class CalmTerminal(logging.Filter):
-    """Flower's log, as a researcher watching a simulation wants it: one line per round and
-    every warning (a rejected or failed clinic), without Flower's per-message chatter, raw
-    metric dictionaries or the notice that in-process simulation is deprecated (this module
-    keeps it on purpose: it starts no SuperLink that could outlive the run and downloads
-    nothing). `verbose` shows everything."""
+class TerminalLines:
+    """The run's streamed log, as a researcher watching a simulation wants it: one line per
+    round and every warning (a rejected or failed clinic), without Flower's per-message chatter
+    or raw metric dictionaries; a stage's reply counts drive `progress`. `verbose` shows every
+    line. Every line is also written to `log_path`, and the run's errors are kept for the
+    message that ends a failed run."""
 
-    def __init__(self, verbose: bool) -> None:
-        super().__init__()
+    def __init__(self, verbose: bool, progress: ReplyProgress, log_path: Path) -> None:
         self.verbose = verbose
+        self.progress = progress
+        self.log = log_path.open("a", encoding="utf-8")
+        self.errors: list[str] = []
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __call__(self, line: str) -> None:
+        self.log.write(line + "\n")
+        parsed = LOG_LINE.match(line)
+        level, message = parsed.groups() if parsed else ("", line)
+        if level in ("ERROR", "CRITICAL"):
+            self.errors.append(message)
         if self.verbose:
-            return True
-        message = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            return not message.startswith("DEPRECATED FEATURE")
-        return message.startswith("round ") and " done in " in message
+            print(line, file=sys.stderr, flush=True)
+        elif counts := REPLIES_PATTERN.match(message):
+            self.progress(int(counts.group(1)), int(counts.group(2)))
+        elif self._shown(level, message):
+            print(message, file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _shown(level: str, message: str) -> bool:
+        if level in ("WARNING", "ERROR", "CRITICAL"):
+            return not message.startswith(FLOWER_NOTICES)
+        return level == "INFO" and message.startswith("round ") and " done in " in message
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class ReplyProgress:
@@ -230,34 +222,32 @@ class ReplyProgress:
             self.bar = None
 
 
-def simulate(settings: SimulationSettings) -> Path:
-    """Run the federation; returns the run directory (global_model.pt, summary.json, ...)."""
-    quiet_flower()
-    # Imported late: Flower reads the variables above when it is first imported.
-    import ray
-    from flwr.simulation import run_simulation
-
-    from client.client_app import build_client_app
-    from server.server_app import build_server_app
-
+def simulate(settings: SimulationSettings, app_dir: Path = PROJECT_APP) -> Path:
+    """Run the federation (the Flower app in `app_dir`: this project unless a study brings its
+    own); returns the run directory (global_model.pt, summary.json, flower.log, ...)."""
+    if not (app_dir / "pyproject.toml").is_file():
+        raise ConfigError(
+            f"no Flower app in {app_dir}: `hxr simulate` packs the project's source folder, so "
+            "install it from a clone with `pip install -e .`"
+        )
     class_names = check_partitions(settings)
     config = federation_config(settings, class_names)
-    sites = simulated_sites(settings)
-    stop = threading.Event()
+    run_dir = Path(config.out_dir)
+    if not settings.resume and RunStore(run_dir).has_results():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume")
+    options, ray_environment = runtime_options(settings)
+    environment = {**os.environ, **QUIET_ENVIRONMENT, **ray_environment}
     progress = ReplyProgress(not settings.verbose and sys.stderr.isatty())
-    calm = CalmTerminal(settings.verbose)
-    logging.getLogger(FLOWER_LOGGER).addFilter(calm)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    terminal = TerminalLines(settings.verbose, progress, run_dir / "flower.log")
     try:
-        run_simulation(
-            server_app=build_server_app(config, stop, progress),
-            client_app=build_client_app(sites),
-            num_supernodes=settings.sites,
-            backend_config=backend_config(settings),
-        )
+        with LocalSuperLink(environment, run_dir / "superlink.log") as superlink:
+            superlink.run(app_dir, config.run_config_values(), options, terminal)
+    except SimulationError as error:
+        last_error = f": {terminal.errors[-1]}" if terminal.errors else ""
+        log = run_dir / "flower.log"
+        raise SimulationError(f"{error}{last_error} (the run's log: {log})") from None
     finally:
-        stop.set()  # an interrupted run's ServerApp thread would otherwise wait for replies
         progress.close()
-        if ray.is_initialized():
-            ray.shutdown()
-        logging.getLogger(FLOWER_LOGGER).removeFilter(calm)
-    return config.run_dir(0)
+        terminal.close()
+    return run_dir

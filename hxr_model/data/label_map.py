@@ -13,6 +13,8 @@ is the order the class names first appear.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hxr_model.errors import ConfigError
 
 
@@ -29,3 +31,29 @@ def parse_label_map(text: str) -> dict[str, str]:
             )
         mapping[local] = federated or local
     return mapping
+
+
+def format_label_map(mapping: Mapping[str, str]) -> str:
+    """The text `parse_label_map` reads back as `mapping`."""
+    return ",".join(
+        local if local == name else f"{local}={name}" for local, name in mapping.items()
+    )
+
+
+def parse_site_label_maps(text: str) -> dict[int, dict[str, str]]:
+    """Per-clinic label maps, `CLINIC:MAP;CLINIC:MAP` with clinics numbered from 1 (e.g.
+    `2:covid19=normal,normal=covid19`): a run config holds no nested tables."""
+    maps: dict[int, dict[str, str]] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        clinic, colon, mapping = item.partition(":")
+        if not colon or not clinic.strip().isdigit() or int(clinic) < 1:
+            raise ConfigError(
+                f"bad clinic label map {item!r} in {text!r}: use CLINIC:MAP, clinics from 1"
+            )
+        maps[int(clinic)] = parse_label_map(mapping)
+    return maps
+
+
+def format_site_label_maps(maps: Mapping[int, Mapping[str, str]]) -> str:
+    """The text `parse_site_label_maps` reads back as `maps`."""
+    return ";".join(f"{clinic}:{format_label_map(mapping)}" for clinic, mapping in maps.items())

@@ -9,7 +9,8 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import SimulatedSites, SiteFailure, build_client_app
+from client.client_app import SiteFailure, build_client_app
+from client.site_config import simulated_site
 from hxr_model.data.phantoms import PHANTOM_CLASSES
 from protocol.arrays import to_record
 from protocol.instructions import CrossSiteInstructions, LocalModelInstructions
@@ -45,14 +46,16 @@ def clinic(share_local_model: bool) -> Send:
     """`send(message_type, instructions)`: one run's messages to one simulated clinic."""
     TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
-    sites = SimulatedSites(
+    site = simulated_site(
+        0,
+        2,
         "synthetic:64:2",
         "by-source",
-        seed=0,
-        shared={"share_local_model": share_local_model},
+        0,
+        share_local_model=share_local_model,
         label_map=ABNORMAL,
     )
-    app = build_client_app(sites)
+    app = build_client_app(lambda context: site)
     context = Context(1, 7, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {})
 
     def send(message_type: str, instructions: dict) -> Message:

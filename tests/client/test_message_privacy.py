@@ -3,8 +3,9 @@
 Three clinics, one per Grad-CAM privacy policy, hold chest "radiographs" of pure noise (every
 image unique, so any copy of one is recognisable at any scale) listed in a CSV manifest with
 distinctive patient ids, file names, folder, manifest and hospital names, plus one corrupt file
-the sites skip. `hxr simulate`'s own code runs a pre-warm and a fine-tuning round through
-Flower's simulation engine, and the ServerApp's grid keeps every message the sites send back
+the sites skip. The server's federation code runs a pre-warm and a fine-tuning round against the
+real ClientApp over the in-process grid of tests/server (each clinic a partition of the manifest,
+as `hxr simulate`'s run config names it), and the grid keeps every message the sites send back
 (train in both phases, BatchNorm statistics, evaluate) exactly as the server receives it. Each
 reply is searched
 
@@ -20,11 +21,10 @@ A failing site is covered separately with the real ClientApp: its error must not
 from __future__ import annotations
 
 import csv
-import functools
+import importlib.util
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +36,8 @@ from flwr.common.serde import message_to_proto
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from PIL import Image
 
-import client.client_app
-import server.server_app
-from client.client_app import SimulatedSites, SiteFailure
-from client.site_config import PrivacyPolicy, SiteConfig, load_site_config
+from client.client_app import SiteFailure, build_client_app
+from client.site_config import SiteConfig, load_site_config, site_from_node_config
 from client.site_data import load_site_data
 from hxr_model.data.resizing import to_square
 from hxr_model.errors import ConfigError, DataError
@@ -51,12 +49,20 @@ from protocol.records import (
     METRICS_KEY,
     SITE_KEY,
     STATISTICS_MESSAGE,
+    PrivacyPolicy,
 )
 from protocol.schedule import phase_state
-from server.federation import initial_state
+from server.federation import initial_state, run_federation
 from server.run_config import FederationConfig
-from server.stoppable_grid import StoppableGrid
-from simulations.federation import SimulationSettings, simulate
+
+# The in-process grid lives with the server's tests; tests/ is not a package, so load it by path.
+_spec = importlib.util.spec_from_file_location(
+    "server_test_grids", Path(__file__).parents[1] / "server" / "conftest.py"
+)
+assert _spec is not None and _spec.loader is not None
+grids = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = grids
+_spec.loader.exec_module(grids)
 
 RAW_SIDE = 64  # the files' size
 INPUT_SIDE = 32  # the model's input: what the data layer makes of the files
@@ -156,29 +162,20 @@ def clinics(tmp_path_factory: pytest.TempPathFactory) -> Clinics:
     return write_clinics(tmp_path_factory.mktemp("clinics"))
 
 
-@dataclass
-class Traffic:
-    sent: list[Message] = field(default_factory=list)
-    replies: list[Message] = field(default_factory=list)
+class RecordingGrid(grids.LocalGrid):
+    """The in-process grid, keeping every message the server sends with the reply it gets."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.exchanges: list[tuple[Message, Message]] = []
 
-class RecordingGrid(StoppableGrid):
-    """The ServerApp's grid, keeping every message it sends and every reply it receives."""
-
-    def __init__(self, grid, stop: threading.Event, on_replies=None, *, traffic: Traffic) -> None:
-        super().__init__(grid, stop, on_replies)
-        self.traffic = traffic
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         messages = list(messages)
-        ids = super().push_messages(messages)
-        self.traffic.sent.extend(messages)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        received = list(super().pull_messages(message_ids))
-        self.traffic.replies.extend(received)
-        return received
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.exchanges.extend(zip(messages, replies, strict=True))
+        return replies
 
 
 def wire_bytes(message: Message) -> bytes:
@@ -205,74 +202,52 @@ def image_matches(values: np.ndarray, reference: dict[int, np.ndarray]) -> list[
     return found
 
 
-def kind(reply: Message, sent: dict[str, Message]) -> str:
-    request = sent[reply.metadata.reply_to_message_id]
+def kind(request: Message, reply: Message) -> str:
     return f"{reply.metadata.message_type}/{request.content[CONFIG_KEY]['phase']}"
 
 
-@dataclass(frozen=True)
-class SitesWithTheirOwnPolicy(SimulatedSites):
-    """`hxr simulate`'s virtual clinics, except that site k keeps POLICIES[k - 1] (`simulate`
-    gives every site one policy), so one federation covers every policy."""
-
-    def __call__(self, context: Context) -> SiteConfig:
-        site = super().__call__(context)
-        assert site.partition is not None
-        return site.model_copy(update={"privacy": POLICIES[site.partition.index]})
-
-
-@pytest.fixture
-def policy_per_site(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """`simulate` builds its sites with SitesWithTheirOwnPolicy. Ray actors cannot import this
-    test module, so its classes travel to them by value."""
-    import ray.cloudpickle
-
-    module = sys.modules[__name__]
-    monkeypatch.setattr(client.client_app, "SimulatedSites", SitesWithTheirOwnPolicy)
-    ray.cloudpickle.register_pickle_by_value(module)
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(module)
+def site_with_its_own_policy(context: Context) -> SiteConfig:
+    """A virtual clinic as the run config names it, except that site k keeps POLICIES[k - 1]
+    (a simulation gives every site one policy), so one federation covers every policy."""
+    site = site_from_node_config(context.node_config, context.run_config)
+    assert site.partition is not None
+    return site.model_copy(update={"privacy": POLICIES[site.partition.index]})
 
 
 @pytest.mark.slow
 def test_no_reply_carries_images_paths_or_patient_ids_beyond_the_sites_policy(
-    clinics: Clinics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_per_site: None
+    clinics: Clinics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HXR_CACHE_DIR", str(tmp_path / "cache"))
-    traffic = Traffic()
-    monkeypatch.setattr(
-        server.server_app, "StoppableGrid", functools.partial(RecordingGrid, traffic=traffic)
-    )
-    settings = SimulationSettings(
-        data=f"csv:{clinics.manifest}",
-        sites=len(HOSPITALS),
-        partition="by-source",
+    config = FederationConfig(
+        classes=CLASSES,
+        min_nodes=len(HOSPITALS),
         num_server_rounds=2,
         prewarm_rounds=1,
         local_epochs=1,
         prewarm_epochs=1,
         image_size=INPUT_SIDE,
         batch_size=8,
-        skip_bad=True,
         gradcam_per_class=2,
-        out=tmp_path / "run",
-        device="cpu",
+        out_dir=str(tmp_path / "run"),
     )
-    simulate(settings)
+    run_config = {"data": f"csv:{clinics.manifest}", "partition": "by-source", "seed": 0}
+    run_config |= {"skip-bad": True, "device": "cpu"}
+    apps = {100 + k: build_client_app(site_with_its_own_policy) for k in range(len(HOSPITALS))}
+    grid = RecordingGrid(apps, len(HOSPITALS), run_config=run_config)
+    run_federation(grid, config, run_id=1)
 
-    # Every request was answered, without error, on every path a site replies on.
-    sent = {message.metadata.message_id: message for message in traffic.sent}
-    assert {reply.metadata.reply_to_message_id for reply in traffic.replies} == set(sent)
-    assert not any(reply.has_error() for reply in traffic.replies)
-    kinds = sorted(kind(reply, sent) for reply in traffic.replies)
+    # Every request was answered without error, on every path a site replies on.
+    assert not any(reply.has_error() for _, reply in grid.exchanges)
+    kinds = sorted(kind(*exchange) for exchange in grid.exchanges)
     expected = ["train/prewarm", "train/finetune", f"{STATISTICS_MESSAGE}/finetune"]
     assert kinds == sorted([*expected, "evaluate/finetune"] * len(HOSPITALS))
 
     reference = clinics.reference
     needles = clinics.needles()
     shared: dict[PrivacyPolicy, list[str]] = {policy: [] for policy in POLICIES}
-    for reply in traffic.replies:
-        where = kind(reply, sent)
+    for request, reply in grid.exchanges:
+        where = kind(request, reply)
         site = reply.content[SITE_KEY]["name"]
         index = int(site.removeprefix("site-")) - 1
         policy = POLICIES[index]

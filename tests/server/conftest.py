@@ -16,12 +16,14 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import SimulatedSites, build_client_app
+from client.client_app import build_client_app
 from hxr_model.data.phantoms import PHANTOM_CLASSES
 from server.run_config import FederationConfig
 
 DATA = "synthetic:64:2"
 SITES = 2
+# What a simulation's run config tells each node: it plays a partition of this data.
+SIMULATION = {"data": DATA, "partition": "by-source", "seed": 0}
 
 
 class UnusedGrid(Grid):
@@ -58,7 +60,11 @@ class LocalGrid(UnusedGrid):
     exception becomes an error reply, as Flower's runtime does."""
 
     def __init__(
-        self, apps: dict[int, ClientApp], partitions: int, names: dict[int, str] | None = None
+        self,
+        apps: dict[int, ClientApp],
+        partitions: int,
+        names: dict[int, str] | None = None,
+        run_config: dict | None = None,
     ) -> None:
         # Messages stamp the sender's identity, which Flower's runtimes set before any app runs.
         TaskIdentity.task_id, TaskIdentity.run_id = 1, 1
@@ -71,7 +77,7 @@ class LocalGrid(UnusedGrid):
                 node_id=node,
                 node_config={"partition-id": index, "num-partitions": partitions},
                 state=RecordDict(),
-                run_config={},
+                run_config=SIMULATION if run_config is None else run_config,
             )
             for index, node in enumerate(apps)
         }
@@ -97,7 +103,7 @@ class LocalGrid(UnusedGrid):
 
 
 class SilentGrid(UnusedGrid):
-    """One node that accepts messages and never replies, for the waits of a stoppable grid."""
+    """One node that accepts messages and never replies, for a wait that must time out."""
 
     def get_node_ids(self) -> Iterable[int]:
         return [1]
@@ -110,7 +116,7 @@ class SilentGrid(UnusedGrid):
 
 
 def honest_app() -> ClientApp:
-    return build_client_app(SimulatedSites(DATA, "by-source", seed=0))
+    return build_client_app()
 
 
 @pytest.fixture

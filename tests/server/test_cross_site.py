@@ -5,11 +5,12 @@ and the sampling beyond 20 clinics."""
 import json
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.client_app import SimulatedSites, build_client_app
+from client.client_app import build_client_app
 from client.local_model import local_model_round
+from client.site_config import SiteConfig, simulated_site, site_from_node_config
 from client.site_data import load_site_data
 from protocol.arrays import from_record, to_record
 from protocol.instructions import LocalModelInstructions
@@ -34,11 +35,15 @@ from simulations.federation import SimulationSettings
 
 from .conftest import DATA, SITES, LocalGrid, honest_app
 
-SHARING = SimulatedSites(DATA, "by-source", seed=0, shared={"share_local_model": True})
+
+def sharing_site(context: Context) -> SiteConfig:
+    """A virtual clinic whose site config lets its local model leave it."""
+    site = site_from_node_config(context.node_config, context.run_config)
+    return site.model_copy(update={"share_local_model": True})
 
 
 def sharing_app() -> ClientApp:
-    return build_client_app(SHARING)
+    return build_client_app(sharing_site)
 
 
 def cross_site_config(make_config, **overrides):
@@ -124,7 +129,7 @@ def test_the_local_model_is_the_simulations_local_baseline(make_config) -> None:
         prewarm_epochs=config.prewarm_epochs,
         prewarm_learning_rate=config.prewarm_learning_rate,
     )
-    site = SHARING.site(0, SITES)
+    site = simulated_site(0, SITES, DATA, "by-source", 0)
     data = load_site_data(site, config.classes, config.image_size)
     initial = phase_state(initial_state(config), "finetune")
     weights, metrics = local_model_round(initial, instructions, site, data)

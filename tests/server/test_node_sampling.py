@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from client.client_app import SimulatedSites, build_client_app
+from client.client_app import build_client_app
 from protocol.records import ROLL_CALL_MESSAGE
 from server.federation import run_federation
 from server.node_sampling import draw_clinics, sample_size
@@ -15,6 +15,7 @@ from server.node_sampling import draw_clinics, sample_size
 from .conftest import LocalGrid
 
 NAMES = [f"site-{k}" for k in range(1, 11)]
+IID = {"data": "synthetic:120:2", "partition": "iid", "seed": 0}
 
 
 def test_sample_size_follows_fraction_minimum_and_supply() -> None:
@@ -43,8 +44,8 @@ def test_the_draw_depends_on_names_and_round_not_on_node_ids() -> None:
 
 
 def run_sampled(make_config, tmp_path, node_ids: list[int], out: str) -> list[dict]:
-    sites = SimulatedSites("synthetic:120:2", "iid", seed=0)
-    grid = LocalGrid({node: build_client_app(sites) for node in node_ids}, len(node_ids))
+    apps = {node: build_client_app() for node in node_ids}
+    grid = LocalGrid(apps, len(node_ids), run_config=IID)
     config = make_config(
         min_nodes=len(node_ids),
         fraction_train=0.4,
@@ -95,14 +96,14 @@ class CountingGrid(LocalGrid):
 
 
 def test_a_clinic_that_does_not_answer_the_roll_call_is_asked_once(make_config, tmp_path) -> None:
-    honest = build_client_app(SimulatedSites("synthetic:120:2", "iid", seed=0))
+    honest = build_client_app()
 
     def nameless(message, context):  # e.g. a clinic on an older protocol
         if message.metadata.message_type == ROLL_CALL_MESSAGE:
             raise RuntimeError("no roll call here")
         return honest(message, context)
 
-    grid = CountingGrid({100: honest, 101: honest, 102: honest, 103: nameless}, 4)
+    grid = CountingGrid({100: honest, 101: honest, 102: honest, 103: nameless}, 4, run_config=IID)
     grid.roll_calls = {}
     config = make_config(min_nodes=4, fraction_train=0.5, min_train_nodes=1, fraction_evaluate=0.5)
     records = [

@@ -65,3 +65,28 @@ def test_the_app_config_in_pyproject_lists_every_run_config_key() -> None:
     app_config = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
     assert set(app_config) == set(KEYS)
     FederationConfig.from_run_config(app_config)
+
+
+def test_a_config_travels_through_a_run_config_unchanged() -> None:
+    """`hxr simulate` hands Flower `run_config_values()`: every mapping in its text form, no
+    null, and the ServerApp and every virtual clinic read back the same settings."""
+    config = FederationConfig(
+        classes=["normal", "covid19"],
+        label_map={"NORMAL": "normal", "covid19": "covid19"},
+        site_label_maps={2: {"NORMAL": "covid19", "COVID": "normal"}},
+        max_examples={"north": 1200, "south": 800},
+        privacy="overlay",
+        skip_bad=True,
+        server_learning_rate=None,
+    )
+    values = config.run_config_values()
+    assert all(isinstance(value, str | int | float | bool) for value in values.values())
+    assert values["site-label-maps"] == "2:NORMAL=covid19,COVID=normal"
+    assert values["server-learning-rate"] == "" and values["classes"] == "normal,covid19"
+    assert FederationConfig.from_run_config(values) == config
+    assert (
+        FederationConfig.from_run_config(
+            config.model_copy(update={"server_learning_rate": 0.5}).run_config_values()
+        ).server_learning_rate
+        == 0.5
+    )

@@ -21,7 +21,7 @@ from simulations.baselines import (
     train_baseline,
     train_baselines,
 )
-from simulations.federation import SimulationSettings, load_settings_splits, simulated_sites
+from simulations.federation import SimulationSettings, clinic_site, load_settings_splits
 
 # The federation's budget, which each comparison model trains with: a pre-warm round, then a
 # fine-tuning round of one local epoch.
@@ -30,9 +30,8 @@ SMALL_BUDGET = {"num_server_rounds": 2, "prewarm_rounds": 1, "local_epochs": 1}
 
 def clinics_data(settings: SimulationSettings):
     splits = load_settings_splits(settings)
-    sites = simulated_sites(settings)
     clinics = [
-        load_site_data(sites.site(k, settings.sites), splits.class_names, settings.image_size)
+        load_site_data(clinic_site(settings, k), splits.class_names, settings.image_size)
         for k in range(settings.sites)
     ]
     return splits, clinics

@@ -1,7 +1,7 @@
-"""`StoppableGrid`: a stop request ends a wait for replies at once, and only then; each reply
-is announced as it arrives (the simulation's live progress line)."""
+"""`ReplyProgressGrid`: every arrival of replies is logged as it happens (what `hxr simulate`'s
+live line and a coordinator's log show), and the terminal line counts them and clears itself."""
 
-import threading
+import logging
 from collections.abc import Iterable
 from types import SimpleNamespace
 
@@ -9,24 +9,10 @@ import pytest
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from server.stoppable_grid import SimulationStopped, StoppableGrid
+from server.reply_progress import REPLIES_PATTERN, ReplyProgressGrid
 from simulations.federation import ReplyProgress
 
 from .conftest import UnusedGrid
-
-
-def test_a_wait_for_replies_ends_soon_after_stop(silent_grid: Grid) -> None:
-    stop = threading.Event()
-    grid = StoppableGrid(silent_grid, stop)
-    threading.Timer(0.3, stop.set).start()
-    with pytest.raises(SimulationStopped):  # instead of waiting out the hour-long timeout
-        grid.send_and_receive([], timeout=3600)
-
-
-def test_without_stop_the_round_timeout_still_applies(silent_grid: Grid) -> None:
-    grid = StoppableGrid(silent_grid, threading.Event())
-    assert list(grid.send_and_receive([], timeout=0.3)) == []
-    assert list(grid.get_node_ids()) == [1]
 
 
 class TrickleGrid(UnusedGrid):
@@ -43,11 +29,22 @@ class TrickleGrid(UnusedGrid):
         return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=self.waiting.pop(0)))]
 
 
-def test_every_reply_is_announced_as_it_arrives() -> None:
-    heard: list[tuple[int, int]] = []
-    grid = StoppableGrid(TrickleGrid(), threading.Event(), lambda *counts: heard.append(counts))
-    assert len(list(grid.send_and_receive([], timeout=30))) == 3
-    assert heard == [(1, 3), (2, 3), (3, 3)]
+def replies_logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
+    found = [REPLIES_PATTERN.match(record.getMessage()) for record in caplog.records]
+    return [(int(match.group(1)), int(match.group(2))) for match in found if match]
+
+
+def test_every_arrival_of_replies_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        replies = ReplyProgressGrid(TrickleGrid()).send_and_receive([], timeout=30)
+    assert len(list(replies)) == 3
+    assert replies_logged(caplog) == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_the_round_timeout_still_applies(silent_grid: Grid, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        assert list(ReplyProgressGrid(silent_grid).send_and_receive([], timeout=0.3)) == []
+    assert replies_logged(caplog) == []
 
 
 def test_the_progress_line_counts_replies_and_clears_itself(capsys) -> None:
