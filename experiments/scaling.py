@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,22 +31,10 @@ import time
 from pathlib import Path
 
 from hxr_model.text_table import format_markdown_table
+from simulations.process_guard import descendants
 
 SAMPLED = 10
 POLL_S = 0.5
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            tree.setdefault(parent, []).append(int(entry))
-    return tree
 
 
 def _pss_kib(pid: int) -> int:
@@ -62,12 +49,7 @@ def _pss_kib(pid: int) -> int:
 
 def tree_pss_mib(root: int) -> float:
     """PSS of `root` and every descendant, in MiB."""
-    tree, stack, total = _children(), [root], 0
-    while stack:
-        pid = stack.pop()
-        total += _pss_kib(pid)
-        stack.extend(tree.get(pid, []))
-    return total / 1024
+    return sum(_pss_kib(pid) for pid in {root} | descendants(root)) / 1024
 
 
 def run_row(
