@@ -22,7 +22,6 @@ from client.disclosure import check_request
 from client.local_model import local_model_round
 from client.local_rounds import (
     State,
-    control_variate,
     evaluate_round,
     finetune_round,
     prewarm_round,
@@ -38,7 +37,6 @@ from protocol.instructions import CrossSiteInstructions, LocalModelInstructions,
 from protocol.records import (
     ARRAYS_KEY,
     CONFIG_KEY,
-    DRIFT_CORRECTION_KEY,
     EVALUATE_MODEL_ACTION,
     LOCAL_MODEL_ACTION,
     METRICS_KEY,
@@ -136,17 +134,8 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
         state = with_local_batchnorm(
             from_record(message.content[ARRAYS_KEY]), context, instructions
         )
-        records = {}
-        if instructions.phase == "prewarm":
-            update, metrics = prewarm_round(state, instructions, site, data)
-        else:
-            shift = None
-            if instructions.drift_correction:
-                gradient = control_variate(state, instructions, site, data)
-                records[DRIFT_CORRECTION_KEY] = to_record(gradient)
-                sent = message.content.array_records.get(DRIFT_CORRECTION_KEY)
-                shift = from_record(sent) if sent is not None else None
-            update, metrics = finetune_round(state, instructions, site, data, shift)
+        run_round = prewarm_round if instructions.phase == "prewarm" else finetune_round
+        update, metrics = run_round(state, instructions, site, data)
         keep_local_batchnorm(update, context, instructions)
         log(
             INFO,
@@ -158,7 +147,7 @@ def build_client_app(resolve_site: SiteResolver = node_site) -> ClientApp:
             metrics.seconds,
             metrics.train_loss,
         )
-        return _reply(message, site, metrics, **{ARRAYS_KEY: to_record(update)}, **records)
+        return _reply(message, site, metrics, **{ARRAYS_KEY: to_record(update)})
 
     @app.query(ROLL_CALL_ACTION)
     def roll_call(message: Message, context: Context) -> Message:

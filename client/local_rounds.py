@@ -30,7 +30,6 @@ from hxr_model.training import (
     TrainResult,
     evaluate_classifier,
     make_loader,
-    mean_gradient,
     predict_probabilities,
     train_classifier,
 )
@@ -143,13 +142,16 @@ def finetune_metrics(
     )
 
 
-def _finetune_config(
-    instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> TrainConfig:
-    """The round's local training: at least `min_local_steps` steps, the server's loss options."""
+def finetune_round(
+    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
+) -> tuple[State, FinetuneMetrics]:
+    """Supervised local training (with the FedProx term when the server asks for one)."""
+    model = _model(instructions)
+    load_into(model, state, "finetune")
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
     batches = len(make_loader(data.train, instructions.batch_size, torch.Generator()))
     epochs = max(instructions.local_epochs, math.ceil(instructions.min_local_steps / batches))
-    return TrainConfig(
+    config = TrainConfig(
         **_loop_settings(instructions, site) | {"epochs": epochs},
         proximal_mu=instructions.proximal_mu,
         absent_class_scale=instructions.absent_class_scale,
@@ -157,51 +159,9 @@ def _finetune_config(
         target_class_prior=instructions.class_prior,
         keep_best_epoch=instructions.keep_best_epoch,
     )
-
-
-def _gradient_shift(model: RadiographClassifier, shift: State) -> dict[str, torch.Tensor]:
-    """The server's gradient shift as tensors, refused unless it names trainable weights of
-    this model with their shapes."""
-    parameters = dict(model.named_parameters())
-    for name, array in shift.items():
-        if name not in parameters or tuple(array.shape) != tuple(parameters[name].shape):
-            raise ValueError(f"drift correction: '{name}' is not a weight of this model's shape")
-    return {
-        name: torch.from_numpy(np.asarray(array, dtype=np.float32)) for name, array in shift.items()
-    }
-
-
-def finetune_round(
-    state: State,
-    instructions: RoundInstructions,
-    site: SiteConfig,
-    data: SiteData,
-    gradient_shift: State | None = None,
-) -> tuple[State, FinetuneMetrics]:
-    """Supervised local training (with the FedProx term, or SCAFFOLD's `gradient_shift`, when
-    the server asks for one)."""
-    model = _model(instructions)
-    load_into(model, state, "finetune")
-    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
-    shift = _gradient_shift(model, gradient_shift) if gradient_shift else None
     val = data.val if len(data.val) else None
-    config = _finetune_config(instructions, site, data)
-    result = train_classifier(
-        model, data.train, val, config, reference_weights=reference, gradient_correction=shift
-    )
+    result = train_classifier(model, data.train, val, config, reference_weights=reference)
     return phase_state(float_state(model), "finetune"), finetune_metrics(result, instructions, data)
-
-
-def control_variate(
-    state: State, instructions: RoundInstructions, site: SiteConfig, data: SiteData
-) -> State:
-    """SCAFFOLD: this clinic's mean gradient at the weights the server sent, over one pass of
-    its training images under the round's loss, which the server turns into every clinic's
-    gradient shift. Like the update itself it describes the clinic's images in aggregate only."""
-    model = _model(instructions)
-    load_into(model, state, "finetune")
-    gradient = mean_gradient(model, data.train, _finetune_config(instructions, site, data))
-    return {name: tensor.numpy() for name, tensor in gradient.items()}
 
 
 def statistics_round(

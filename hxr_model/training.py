@@ -231,71 +231,6 @@ class _BestEpoch:
             self.epochs_without_improvement += 1
 
 
-def training_objective(
-    train_set: LabelledDataset, config: TrainConfig
-) -> tuple[Objective, np.ndarray | None]:
-    """The loss `config` asks for on `train_set` (class weights, FedRS scaling, logit offsets)
-    and, for the balanced sampler, each image's sampling weight."""
-    num_classes = len(train_set.class_names)
-    labels = np.asarray(train_set.labels)
-    weights = class_weights(labels, num_classes)
-    loss_weights = weights if config.imbalance == "class-weights" else None
-    scale = None
-    if config.absent_class_scale < 1:
-        present = torch.from_numpy(np.bincount(labels, minlength=num_classes) > 0)
-        scale = torch.where(present, 1.0, config.absent_class_scale)
-    offset = None
-    if config.imbalance == "logit-adjusted":
-        offset = logit_adjustment(labels, num_classes, config.target_class_prior)
-    objective = cross_entropy_objective(loss_weights, config.label_smoothing, scale, offset)
-    sample_weights = weights.numpy()[labels] if config.imbalance == "balanced-sampler" else None
-    return objective, sample_weights
-
-
-def gradient_shift(model: nn.Module, shift: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """A term worth 0 whose gradient is `shift` (by parameter name): added to a loss, it moves
-    every step's gradient by `shift` (SCAFFOLD's drift correction) and leaves the loss as it is."""
-    total = torch.zeros((), device=next(model.parameters()).device)
-    for name, parameter in model.named_parameters():
-        if name in shift:
-            offset = shift[name].to(parameter.device, parameter.dtype)
-            total = total + (offset * (parameter - parameter.detach())).sum()
-    return total
-
-
-def mean_gradient(
-    model: nn.Module, train_set: LabelledDataset, config: TrainConfig
-) -> dict[str, torch.Tensor]:
-    """The gradient of the training objective at the model's weights, averaged over one pass of
-    `train_set` drawn as training draws it (batches, augmentation, BatchNorm in training mode):
-    SCAFFOLD's control variate (option I). Weights and BatchNorm statistics stay as they were."""
-    device = resolve_device(config.device)
-    generator = seed_everything(config.seed)
-    model.to(device)
-    objective, sample_weights = training_objective(train_set, config)
-    image_size = int(train_set[0][0].shape[-1])
-    batch_size = choose_batch_size(model, image_size, config, device)
-    loader = make_loader(train_set, batch_size, generator, config.num_workers, sample_weights)
-    kept = copy.deepcopy(model.state_dict())
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainable.items()}
-    seen = 0
-    model.train()
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        if config.augmentation != "none":
-            images = augment_batch(images, PRESETS[config.augmentation], generator)
-        model.zero_grad(set_to_none=True)
-        objective(model, images, labels).backward()
-        for name, parameter in trainable.items():
-            if parameter.grad is not None:
-                total[name] += parameter.grad.float() * len(images)
-        seen += len(images)
-    model.zero_grad(set_to_none=True)
-    model.load_state_dict(kept)
-    return {name: gradient.cpu() / seen for name, gradient in total.items()}
-
-
 def train_classifier(
     model: nn.Module,
     train_set: LabelledDataset,
@@ -304,17 +239,27 @@ def train_classifier(
     *,
     objective: Objective | None = None,
     reference_weights: Mapping[str, torch.Tensor] | None = None,
-    gradient_correction: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train `model` in place; with a validation set the best epoch's weights are kept.
-    `gradient_correction` (by parameter name) is added to every step's gradient (SCAFFOLD)."""
+    """Train `model` in place; with a validation set the best epoch's weights are kept."""
     if len(train_set) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(train_set)}")
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     model.to(device)
-    default_objective, sample_weights = training_objective(train_set, config)
-    objective = objective or default_objective
+    num_classes = len(train_set.class_names)
+    labels = np.asarray(train_set.labels)
+    weights = class_weights(labels, num_classes)
+    if objective is None:
+        loss_weights = weights if config.imbalance == "class-weights" else None
+        scale = None
+        if config.absent_class_scale < 1:
+            present = torch.from_numpy(np.bincount(labels, minlength=num_classes) > 0)
+            scale = torch.where(present, 1.0, config.absent_class_scale)
+        offset = None
+        if config.imbalance == "logit-adjusted":
+            offset = logit_adjustment(labels, num_classes, config.target_class_prior)
+        objective = cross_entropy_objective(loss_weights, config.label_smoothing, scale, offset)
+    sample_weights = weights.numpy()[labels] if config.imbalance == "balanced-sampler" else None
     image_size = int(train_set[0][0].shape[-1])
     batch_size = choose_batch_size(model, image_size, config, device)
     loader = make_loader(train_set, batch_size, generator, config.num_workers, sample_weights)
@@ -329,8 +274,6 @@ def train_classifier(
             loss = objective(model, images, batch_labels)
             if reference_weights is not None and config.proximal_mu > 0:
                 loss = loss + config.proximal_mu / 2 * proximal_term(model, reference_weights)
-            if gradient_correction:
-                loss = loss + gradient_shift(model, gradient_correction)
         return loss
 
     def end_of_epoch(epoch: int, train_loss: float) -> EpochEnd:
@@ -362,7 +305,7 @@ def train_classifier(
     if has_val:
         val_labels, probabilities = predict_probabilities(model, val_set, device=str(device))
         # A site's validation split may hold one class only (label skew): no threshold then.
-        if len(train_set.class_names) == 2 and len(np.unique(val_labels)) == 2:
+        if num_classes == 2 and len(np.unique(val_labels)) == 2:
             threshold = youden_threshold(val_labels, probabilities[:, 1])
         val_metrics = classification_metrics(
             val_labels, probabilities, val_set.class_names, threshold

@@ -64,8 +64,6 @@ class RoundInstructions(BaseModel):
     # The federation's pooled label share that a logit-adjusted loss targets (empty: equal).
     class_prior: list[float] = Field(max_length=64)
     local_batchnorm: bool
-    # SCAFFOLD: apply the message's gradient shift and reply with the mean gradient.
-    drift_correction: bool
     keep_best_epoch: bool
     min_local_steps: int = Field(ge=0, le=100_000)
     personalise_epochs: int = Field(ge=0, le=100)

@@ -10,14 +10,10 @@ from typing import Literal
 
 # Bumped whenever a message's content changes shape; clinics and coordinators upgrade at different
 # times, and a mismatch must be one clear rejection, not a confusing failure later.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 5
 PROTOCOL_VERSION_KEY = "protocol-version"
 
 ARRAYS_KEY = "arrays"
-# SCAFFOLD (drift correction): a fine-tuning message's second weight record holds the shift the
-# clinic adds to each step's gradient; its reply's holds the clinic's mean gradient at the
-# weights it was sent (its control variate).
-DRIFT_CORRECTION_KEY = "drift-correction"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 SITE_KEY = "site"

@@ -63,7 +63,6 @@ def cross_site_instructions(config: FederationConfig, models: int) -> dict[str, 
         "learning_rate": config.learning_rate,
         "gradcam_per_class": 0,
         "personalise_epochs": 0,
-        "drift_correction": False,
         "cross_site_models": models,
     }
 

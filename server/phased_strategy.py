@@ -7,8 +7,6 @@ global state (classifier + SimCLR projection head) and, per round:
 - screens every reply (`server.reply_screening`), checks each update's arrays before decoding
   them and their values after (`server.update_validation`), and hands Flower's FedAvg / FedProx
   / FedAdam / FedMedian clean copies of the accepted replies only;
-- under SCAFFOLD (`drift-correction`), sends each clinic its gradient shift with the weights
-  and keeps the gradients the clinics report (`server.drift_correction`);
 - before evaluating, pools the BatchNorm statistics of the aggregated weights measured at the
   trained sites (`server.recalibration`);
 - fills the round's `RoundRecord` and commits it with the Grad-CAM samples and the global state
@@ -36,11 +34,10 @@ from flwr.serverapp.strategy import Strategy
 
 from protocol.arrays import decode_checked, from_record, specs_of, to_record
 from protocol.gradcam_samples import GradcamSamples, parse_samples
-from protocol.records import ARRAYS_KEY, DRIFT_CORRECTION_KEY, METRICS_KEY
+from protocol.records import ARRAYS_KEY, METRICS_KEY
 from protocol.replies import TRAIN_METRICS, EvaluateMetrics, Metrics, ReplyRejected
 from protocol.schedule import Phase, is_statistic, phase_state
 from server.differential_privacy import clipping_bound
-from server.drift_correction import CONTROL_VARIATES_KEY, ControlVariates, checked_gradient
 from server.example_weights import capped_examples
 from server.grid_views import SampledGrid
 from server.label_prior import pooled_label_share
@@ -118,10 +115,7 @@ class PhasedStrategy(Strategy):
         self.on_round_end = on_round_end
         self.first_round = first_round
         self.inner: dict[Phase, Strategy] = make_phase_strategies(config)
-        saved = dict(optimiser_state or {})
-        table = saved.pop(CONTROL_VARIATES_KEY, {})
-        restore_optimiser_state(self.inner, saved)
-        self.control = ControlVariates(table) if config.drift_correction == "scaffold" else None
+        restore_optimiser_state(self.inner, optimiser_state or {})
         self.screen = ReplyScreen(len(config.classes), self._note)
         self.global_state: ArrayDict = {}
         self.sent: ArrayDict = {}
@@ -191,44 +185,19 @@ class PhasedStrategy(Strategy):
             # FedAvgM steps from the weights it last sent; the recalibrated statistics are ours.
             self.inner[phase].current_arrays = to_record(self.sent)
         drawn = SampledGrid(grid, self.draw(grid, current, "train"))
-        messages = list(
-            self.inner[phase].configure_train(
-                current, to_record(self.sent), self._instructions(current, phase), drawn
-            )
+        messages = self.inner[phase].configure_train(
+            current, to_record(self.sent), self._instructions(current, phase), drawn
         )
-        if self.control is not None and phase == "finetune":
-            messages = [self._with_shift(message, self.control) for message in messages]
         return self.screen.sent(messages)
-
-    def _with_shift(self, message: Message, control: ControlVariates) -> Message:
-        """The message with its clinic's own SCAFFOLD shift, where the clinic has one. Flower's
-        messages of a round share one RecordDict, so each gets its own copy."""
-        shift = control.shift_for(self.screen.site(message.metadata.dst_node_id))
-        if shift is None:
-            return message
-        content = RecordDict({**message.content, DRIFT_CORRECTION_KEY: to_record(shift)})
-        metadata = message.metadata
-        return Message(
-            content, dst_node_id=metadata.dst_node_id, message_type=metadata.message_type
-        )
-
-    def _expected_records(self) -> list[str]:
-        if self.control is not None and self.record.phase == "finetune":
-            return [ARRAYS_KEY, DRIFT_CORRECTION_KEY]
-        return [ARRAYS_KEY]
 
     def _checked_update(self, screened: Screened) -> ArrayDict:
         arrays = screened.message.content.array_records
-        expected = self._expected_records()
-        if sorted(arrays) != sorted(expected):
-            raise ReplyRejected(f"expected the weight records {expected}, got {sorted(arrays)}")
+        if list(arrays) != [ARRAYS_KEY]:
+            raise ReplyRejected(f"expected one weight record '{ARRAYS_KEY}'")
         update = decode_checked(arrays[ARRAYS_KEY], specs_of(self.sent))
         config = self.config
         ratio = check_update(update, self.sent, config.max_update_ratio, clipping_bound(config))
         self.record.update_ratios[screened.site] = ratio
-        if self.control is not None and DRIFT_CORRECTION_KEY in arrays:
-            gradient = checked_gradient(arrays[DRIFT_CORRECTION_KEY], self.sent)
-            self.control.report(screened.site, gradient)
         return update
 
     def aggregate_train(
@@ -338,10 +307,7 @@ class PhasedStrategy(Strategy):
     # -- end of round ------------------------------------------------------------------------
 
     def optimiser_state(self) -> OptimiserState:
-        state = optimiser_state(self.inner)
-        if self.control is not None:
-            state[CONTROL_VARIATES_KEY] = self.control.table
-        return state
+        return optimiser_state(self.inner)
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """`Strategy.start`'s `evaluate_fn`: called once per round after evaluation (and once

@@ -149,13 +149,6 @@ class FederationSettings(BaseModel):
         description="the weights a clinic returns: its best local epoch on its validation split, "
         "or its last epoch (what FedAvg assumes; a one-class validation split keeps epoch 1)",
     )
-    drift_correction: Literal["none", "scaffold"] = Field(
-        "none",
-        description="scaffold: every local step is shifted by the federation's mean gradient "
-        "less the clinic's own (SCAFFOLD's control variates, kept by the server), so a "
-        "label-skewed clinic descends the federation's objective, not its own; each clinic "
-        "spends one more pass over its images a round measuring its gradient",
-    )
     local_batchnorm: bool = Field(
         False,
         description="FedBN: each clinic keeps its own BatchNorm layers (weights and statistics) "
@@ -290,24 +283,6 @@ class FederationSettings(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _drift_correction_fits(self) -> FederationSettings:
-        """A clinic's reported gradient steers every clinic's shift: neither the DP noise nor a
-        robust rule's bound covers it."""
-        if self.drift_correction == "none":
-            return self
-        if self.dp_noise_multiplier > 0:
-            raise ValueError(
-                "drift-correction cannot combine with dp-noise-multiplier > 0: the clinics' "
-                "gradient reports are neither clipped nor noised"
-            )
-        if self.strategy in ROBUST_STRATEGIES:
-            raise ValueError(
-                f"drift-correction cannot combine with {self.strategy}: the clinics' gradient "
-                "reports are averaged, which the robust rule's bound does not cover"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _cross_site_fits(self) -> FederationSettings:
         """A shared local model carries no noise: it would void the run's DP guarantee."""
         if self.cross_site_local_models and self.dp_noise_multiplier > 0:
@@ -423,7 +398,6 @@ class FederationConfig(FederationSettings):
             imbalance=self.local_imbalance,
             class_prior=list(class_prior) if self.local_imbalance == "logit-adjusted" else [],
             local_batchnorm=self.local_batchnorm,
-            drift_correction=self.drift_correction == "scaffold" and not prewarm,
             keep_best_epoch=self.local_epoch_selection == "best",
             min_local_steps=self.min_local_steps,
             personalise_epochs=self.personalise_epochs,

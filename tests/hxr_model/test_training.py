@@ -12,8 +12,6 @@ from hxr_model.training import (
     choose_batch_size,
     class_weights,
     evaluate_classifier,
-    gradient_shift,
-    mean_gradient,
     proximal_term,
     train_classifier,
 )
@@ -94,57 +92,6 @@ def test_fedprox_keeps_local_weights_closer_to_the_global_model(squares_train) -
         train_classifier(model, squares_train, None, config, reference_weights=reference)
         distances.append(proximal_term(model, reference).item())
     assert distances[1] < distances[0]
-
-
-def test_a_gradient_shift_moves_every_gradient_by_the_shift_and_the_loss_by_nothing(
-    squares_train,
-) -> None:
-    torch.manual_seed(0)
-    model = build_model("hxr50", 2).eval()  # no dropout: both passes see the same model
-    images = squares_train.images[:8]
-    labels = torch.as_tensor(squares_train.labels[:8])
-
-    def loss_and_gradients(shift=None):
-        model.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        if shift is not None:
-            loss = loss + gradient_shift(model, shift)
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    plain_loss, plain = loss_and_gradients()
-    shift = {name: torch.full_like(g, 0.25) for name, g in list(plain.items())[:3]}
-    shifted_loss, shifted = loss_and_gradients(shift)
-    assert shifted_loss == pytest.approx(plain_loss, abs=1e-6)
-    for name, gradient in shifted.items():
-        expected = plain[name] + shift[name] if name in shift else plain[name]
-        torch.testing.assert_close(gradient, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_the_mean_gradient_is_the_objectives_gradient_and_leaves_the_model_as_it_was(
-    squares_train,
-) -> None:
-    """One batch of all 96 images (BatchNorm in training mode): the hand-computed gradient of
-    the class-weighted loss; weights and running statistics unchanged afterwards."""
-    torch.manual_seed(0)
-    model = build_model("hxr50", 2)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0  # a random mask would differ between the two passes
-    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    config = TrainConfig(batch_size=128, augmentation="none", imbalance="class-weights", **QUIET)
-    gradient = mean_gradient(model, squares_train, config)
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, before[name]), name
-    model.train().zero_grad()
-    weights = class_weights(squares_train.labels, 2)
-    labels = torch.as_tensor(squares_train.labels)
-    torch.nn.functional.cross_entropy(
-        model(squares_train.images), labels, weight=weights
-    ).backward()
-    assert sorted(gradient) == sorted(name for name, _ in model.named_parameters())
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(gradient[name], parameter.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_memory_budget_picks_the_largest_batch_that_fits() -> None:

@@ -13,10 +13,9 @@ from flwr.app import Message
 from flwr.serverapp.strategy import FedAvgM
 
 from hxr_model.training import cross_entropy_objective, logit_adjustment
-from protocol.arrays import from_record, to_record
-from protocol.records import ARRAYS_KEY, CONFIG_KEY, DRIFT_CORRECTION_KEY
+from protocol.arrays import from_record
+from protocol.records import ARRAYS_KEY, CONFIG_KEY
 from protocol.schedule import is_statistic
-from server.drift_correction import CONTROL_VARIATES_KEY
 from server.federation import run_federation
 from server.label_prior import pooled_label_share
 from server.optimiser_state import optimiser_state, restore_optimiser_state
@@ -245,72 +244,3 @@ def test_uniform_weighting_gives_every_clinic_one_vote(make_grid, make_config) -
     config = make_config(num_server_rounds=1, prewarm_rounds=0, clinic_weighting="uniform")
     (record,) = records_of(run_federation(make_grid(), config, 1))
     assert record["weighted_examples"] == {"site-1": 1, "site-2": 1}
-
-
-def test_scaffold_sends_each_clinic_the_mean_gradient_less_its_own(make_config) -> None:
-    """Round 1 of fine-tuning: no clinic is in the table yet, so no shift goes out, and every
-    reply carries the clinic's mean gradient. Round 2: each clinic is sent the mean of those
-    gradients less its own, and the table survives in the server state for a resume."""
-    shifts: dict[int, dict[str, dict[str, np.ndarray]]] = {1: {}, 2: {}}
-    gradients: dict[str, dict[str, np.ndarray]] = {}
-
-    def keeper(name: str):
-        def keep(message: Message, reply: Message) -> Message:
-            server_round = int(message.content[CONFIG_KEY]["server-round"])
-            sent = message.content.array_records.get(DRIFT_CORRECTION_KEY)
-            shifts[server_round][name] = from_record(sent) if sent is not None else {}
-            if server_round == 1:
-                gradients[name] = from_record(reply.content[DRIFT_CORRECTION_KEY])
-            return reply
-
-        return clinic(name, train=keep)
-
-    grid = LocalGrid({100 + k: keeper(f"clinic-{k}") for k in range(SITES)}, SITES)
-    config = make_config(
-        num_server_rounds=2, prewarm_rounds=0, drift_correction="scaffold",
-        recalibrate_statistics=False,
-    )  # fmt: skip
-    run_dir = run_federation(grid, config, 1)
-    assert all(rejected == [] for rejected in (r["rejected"] for r in records_of(run_dir)))
-    assert shifts[1] == {"clinic-0": {}, "clinic-1": {}}
-    names = sorted(gradients["clinic-0"])
-    assert names and not any(is_statistic(name) for name in names)
-    for site, own in gradients.items():
-        for name in names:
-            mean = (gradients["clinic-0"][name] + gradients["clinic-1"][name]) / 2
-            np.testing.assert_allclose(
-                shifts[2][site][name], mean - own[name], rtol=1e-5, atol=1e-6
-            )
-        assert any(np.abs(shifts[2][site][name]).max() > 0 for name in names)
-    table = RunStore(run_dir).load_state().strategy[CONTROL_VARIATES_KEY]
-    assert sorted(table) == ["clinic-0", "clinic-1"]
-
-
-def test_a_clinic_reporting_a_broken_gradient_is_left_out_of_the_round(make_config) -> None:
-    def poison(message: Message, reply: Message) -> Message:
-        gradient = from_record(reply.content[DRIFT_CORRECTION_KEY])
-        first = sorted(gradient)[0]
-        gradient[first] = np.full_like(gradient[first], np.nan)
-        reply.content[DRIFT_CORRECTION_KEY] = to_record(gradient)
-        return reply
-
-    grid = LocalGrid({100: clinic("honest"), 101: clinic("broken", train=poison)}, SITES)
-    config = make_config(
-        num_server_rounds=1, prewarm_rounds=0, drift_correction="scaffold", min_train_nodes=1,
-        recalibrate_statistics=False,
-    )  # fmt: skip
-    (record,) = records_of(run_federation(grid, config, 1))
-    (incident,) = record["rejected"]
-    assert incident["site"] == "broken" and "NaN" in incident["reason"]
-    assert sorted(record["weighted_examples"]) == ["honest"]
-
-
-@pytest.mark.parametrize(
-    ("settings", "refusal"),
-    [({"strategy": "krum"}, "krum"), ({"dp_noise_multiplier": 1.0}, "dp-noise-multiplier")],
-)
-def test_scaffold_refuses_what_would_leave_its_gradient_reports_unbounded(
-    settings: dict, refusal: str
-) -> None:
-    with pytest.raises(ValueError, match=refusal):
-        FederationConfig(classes=["a", "b"], drift_correction="scaffold", **settings)
