@@ -27,7 +27,7 @@ from hxr_model.metrics import predict as predict_classes
 from hxr_model.models import RadiographClassifier, model_names
 from hxr_model.onnx_model import load_onnx
 from hxr_model.prewarm import PrewarmConfig
-from hxr_model.recipe import fit
+from hxr_model.recipe import QUICK_RECIPE, RADIOGRAPH_FILE_RECIPE, Recipe, default_recipe, fit
 from hxr_model.runtime import resolve_device
 from hxr_model.text_table import format_table
 from hxr_model.training import Imbalance, Monitor, TrainConfig, predict_probabilities
@@ -36,6 +36,10 @@ from hxr_model.training_loop import LoopConfig
 DEFAULT_DATA = "synthetic:1200"
 # Options that set one value for every phase of `hxr train` (pre-warming, teacher, student).
 RUN_OPTIONS = ("seed", "device", "max_memory_mb", "progress")
+# Options whose default is the data's recipe (`hxr_model.recipe.Recipe`), and the value that
+# lifts a recipe's memory budget.
+RECIPE_FIELDS = tuple(field for field in Recipe.model_fields if field != "name")
+NO_BUDGET = "none"
 
 PhaseConfig = TypeVar("PhaseConfig", bound=LoopConfig)
 
@@ -53,8 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images are resized to S x S (default: a MedMNIST file's own size, "
         f"{FILE_IMAGE_SIZE} for folders and manifests, {DEFAULT_IMAGE_SIZE} for phantoms)",
     )
-    train.add_argument("--prewarm-epochs", type=int, default=0, help="SimCLR epochs first")
-    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument(
+        "--prewarm-epochs",
+        type=int,
+        default=None,
+        help=f"SimCLR epochs first {recipe_default('prewarm_epochs')}",
+    )
+    train.add_argument("--epochs", type=int, default=None, help=recipe_default("epochs"))
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument(
         "--lr", dest="learning_rate", type=float, default=2e-3, help="fine-tuning learning rate"
@@ -64,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--label-smoothing", type=float, default=0.0)
     train.add_argument(
         "--imbalance",
-        default="none",
+        default=None,
         choices=get_args(Imbalance),
+        help=recipe_default("imbalance"),
     )
     train.add_argument(
         "--monitor",
@@ -80,7 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="PATIENCE",
     )
-    train.add_argument("--prewarm-batch-size", type=int, default=256)
+    train.add_argument(
+        "--prewarm-batch-size",
+        type=int,
+        default=None,
+        help=f"image pairs in one contrastive loss {recipe_default('prewarm_batch_size')}",
+    )
     train.add_argument("--prewarm-lr", dest="prewarm_learning_rate", type=float, default=2e-3)
     train.add_argument(
         "--temperature",
@@ -96,7 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="TEACHER",
         help="train TEACHER first, then distil it into --model (teacher-led baseline)",
     )
-    train.add_argument("--max-memory-mb", type=float, default=None)
+    train.add_argument(
+        "--max-memory-mb",
+        type=parse_memory_budget,
+        default=None,
+        help=f"memory budget of every phase in MB, or none {recipe_default('max_memory_mb')}",
+    )
     train.add_argument("--device", default="auto", type=parse_device, help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", dest="progress", action="store_false")
@@ -130,6 +150,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--gradcam", type=Path, default=None, metavar="OUTDIR")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.set_defaults(handler=run_predict)
+
+
+def recipe_default(field: str) -> str:
+    """Help text naming what each recipe sets for `field` (`hxr_model.recipe`)."""
+
+    files, other = (
+        shown(getattr(recipe, field)) for recipe in (RADIOGRAPH_FILE_RECIPE, QUICK_RECIPE)
+    )
+    return f"(default: {files} for radiograph files, {other} otherwise)"
+
+
+def shown(value: object) -> str:
+    """A schedule value as the command line writes it."""
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_memory_budget(text: str) -> float | str:
+    """Megabytes, or 'none': no budget, even where the data's recipe sets one."""
+    if text == NO_BUDGET:
+        return text
+    try:
+        budget = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of MB nor 'none'") from None
+    if not budget > 0:
+        raise argparse.ArgumentTypeError(f"a memory budget must be positive, not {text}")
+    return budget
+
+
+def apply_recipe(args: argparse.Namespace) -> Recipe:
+    """Fill the schedule options the user left unset from the data's recipe, and return it."""
+    recipe = default_recipe(args.data)
+    for field in RECIPE_FIELDS:
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(recipe, field))
+    if args.max_memory_mb == NO_BUDGET:
+        args.max_memory_mb = None
+    return recipe
 
 
 def parse_device(text: str) -> str:
@@ -168,6 +226,14 @@ def phase_config(
 
 
 def run_train(args: argparse.Namespace) -> int:
+    recipe = apply_recipe(args)
+    schedule = {field: getattr(args, field) for field in RECIPE_FIELDS}
+    print(
+        f"schedule ({recipe.name} recipe where no option is given): "
+        + ", ".join(
+            f"{field.replace('_', '-')} {shown(value)}" for field, value in schedule.items()
+        )
+    )
     image_size = args.image_size or default_image_size(args.data, default_cache_dir())
     splits = load_data(args, image_size)
     class_names = splits.class_names
@@ -179,6 +245,9 @@ def run_train(args: argparse.Namespace) -> int:
     report = {
         "data": args.data,
         "image_size": image_size,
+        # The recipe the unset options came from, and the schedule that ran.
+        "recipe": recipe.name,
+        "schedule": schedule,
         # Over all phases, so runs with and without pre-warming or a teacher compare directly.
         "peak_memory_mb": outcome.peak_memory_mb,
         "seconds": outcome.seconds,

@@ -9,11 +9,57 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from hxr_model.data import DataSplits
+from hxr_model.data.refs import names_radiograph_files
 from hxr_model.distill import DistillConfig, distill_classifier
 from hxr_model.models import RadiographClassifier, build_model
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
-from hxr_model.training import TrainConfig, TrainResult, train_classifier
+from hxr_model.training import Imbalance, TrainConfig, TrainResult, train_classifier
+
+
+class Recipe(BaseModel):
+    """The schedule `hxr train` runs for what the user leaves unsaid; any option overrides it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    prewarm_epochs: int = Field(ge=0)
+    prewarm_batch_size: int = Field(ge=2)
+    epochs: int = Field(ge=0)
+    imbalance: Imbalance
+    max_memory_mb: float | None = Field(gt=0)
+
+
+# Phantoms and MedMNIST files: a short run from scratch, which their small images need.
+QUICK_RECIPE = Recipe(
+    name="quick",
+    prewarm_epochs=0,
+    prewarm_batch_size=256,
+    epochs=10,
+    imbalance="none",
+    max_memory_mb=None,
+)
+# Radiograph files, as measured on cxr4 at 128 and 224 px (docs/benchmarks.md, "cxr4 at
+# 224 px"): 5 SimCLR epochs of 128 pairs, then 20 fine-tuning epochs (30 were no better); class
+# weights, since a clinic's rare disease is the one that matters; and a 1,000 MB budget, which a
+# 4 GB clinic laptop can spare: pre-warming at 224 px otherwise peaks at 4 GB, and under it runs
+# in exact chunks (HXR-150 at 224 px: under 800 MB, about 14 minutes on one CPU thread).
+RADIOGRAPH_FILE_RECIPE = Recipe(
+    name="radiograph files",
+    prewarm_epochs=5,
+    prewarm_batch_size=128,
+    epochs=20,
+    imbalance="class-weights",
+    max_memory_mb=1000,
+)
+
+
+def default_recipe(ref: str) -> Recipe:
+    """RADIOGRAPH_FILE_RECIPE where any source of `ref` is a folder or manifest of radiograph
+    files, else QUICK_RECIPE."""
+    return RADIOGRAPH_FILE_RECIPE if names_radiograph_files(ref) else QUICK_RECIPE
 
 
 @dataclass

@@ -25,6 +25,8 @@ DEFAULT_IMAGE_SIZE = 64
 FILE_IMAGE_SIZE = 128
 # The reference forms whose argument is a file or folder.
 PATH_KINDS = ("medmnist", "folder", "csv")
+# The reference forms that name radiograph files.
+FILE_KINDS = ("folder", "csv")
 
 
 def default_image_size(ref: str, cache_dir: Path) -> int:
@@ -35,8 +37,13 @@ def default_image_size(ref: str, cache_dir: Path) -> int:
         entries = open_catalog(ref, DEFAULT_IMAGE_SIZE, cache_dir).entries
         if entries and entries[0].pixels is not None:
             return int(entries[0].pixels.shape[-1])
-    kinds = {part.partition(":")[0] for part in ref.split(REF_SEPARATOR)}
-    return FILE_IMAGE_SIZE if kinds & {"folder", "csv"} else DEFAULT_IMAGE_SIZE
+    return FILE_IMAGE_SIZE if names_radiograph_files(ref) else DEFAULT_IMAGE_SIZE
+
+
+def names_radiograph_files(ref: str) -> bool:
+    """Whether any source `ref` joins is a folder or manifest of radiograph files (PNG, JPEG,
+    DICOM): real images at their own resolution, as a clinic holds them."""
+    return any(part.partition(":")[0] in FILE_KINDS for part in ref.split(REF_SEPARATOR))
 
 
 def open_catalog(ref: str, image_size: int, cache_dir: Path) -> Catalog:

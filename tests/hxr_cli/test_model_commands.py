@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from hxr_cli.main import main
+from hxr_cli.main import build_parser, main
+from hxr_cli.model_commands import RECIPE_FIELDS, apply_recipe
 from hxr_model.checkpoint import load_checkpoint, save_checkpoint
 from hxr_model.data import load_splits
 from hxr_model.data.phantoms import PHANTOM_CLASSES
 from hxr_model.models import build_model
+from hxr_model.recipe import QUICK_RECIPE, RADIOGRAPH_FILE_RECIPE
 
 
 def tiny_medmnist(path: Path, splits=("train", "val")) -> Path:
@@ -46,6 +48,12 @@ def test_train_writes_checkpoint_and_validation_metrics(trained) -> None:
     report = json.loads((out / "metrics.json").read_text())
     assert (out / "model.pt").is_file()
     assert report["model"] == "hxr50" and report["prewarm"]["epochs"] == 1
+    # MedMNIST takes the quick recipe; what the command named overrides it.
+    assert report["recipe"] == "quick"
+    assert report["schedule"] == {
+        "prewarm_epochs": 1, "prewarm_batch_size": 32, "epochs": 4, "imbalance": "none",
+        "max_memory_mb": None,
+    }  # fmt: skip
     assert report["validation"]["n"] == 32
     assert 0 <= report["validation"]["accuracy"] <= 1
     phases = (report["prewarm"], report["training"])
@@ -120,6 +128,33 @@ def test_user_errors_are_one_line_without_traceback(argv, expected, capsys) -> N
     assert code == 2
     assert error.startswith("hxr: error:") and expected in error
     assert len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("ref", "recipe"),
+    [
+        ("csv:site/manifest.csv", RADIOGRAPH_FILE_RECIPE),
+        ("folder:site/images", RADIOGRAPH_FILE_RECIPE),
+        ("synthetic:60+csv:site/manifest.csv", RADIOGRAPH_FILE_RECIPE),
+        ("synthetic:60", QUICK_RECIPE),
+        ("medmnist:site/pneumonia.npz", QUICK_RECIPE),
+    ],
+)
+def test_unset_schedule_options_come_from_the_data_recipe(ref, recipe) -> None:
+    args = build_parser().parse_args(["train", "--data", ref, "--out", "o"])
+    assert apply_recipe(args) == recipe
+    assert {field: getattr(args, field) for field in RECIPE_FIELDS} == recipe.model_dump(
+        exclude={"name"}
+    )
+
+
+def test_named_options_override_the_recipe_and_none_lifts_its_budget() -> None:
+    argv = ["train", "--data", "csv:m.csv", "--epochs", "3", "--imbalance", "none",
+            "--max-memory-mb", "none", "--out", "o"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    apply_recipe(args)
+    assert (args.epochs, args.imbalance, args.max_memory_mb) == (3, "none", None)
+    assert args.prewarm_epochs == RADIOGRAPH_FILE_RECIPE.prewarm_epochs == 5
 
 
 def test_corrupt_checkpoint_is_one_line(tmp_path, capsys) -> None:

@@ -129,6 +129,12 @@ CASES = [
         "train-negative-seed", f"train {SMALL} --seed -1 --out {{out}}", "seed must be an integer"
     ),
     case("train-unknown-device", "train --device tpu --out {out}", "argument --device"),
+    case(
+        "train-budget-not-a-number",
+        "train --max-memory-mb lots --out {out}",
+        "--max-memory-mb: 'lots' is neither a number of MB nor 'none'",
+    ),
+    case("train-budget-negative", "train --max-memory-mb -5 --out {out}", "must be positive"),
     case("train-out-is-a-file", f"train {SMALL} --epochs 0 --out {{plain_file}}", "File exists"),
     case(
         "evaluate-missing-checkpoint",
