@@ -80,7 +80,8 @@ def _constant(images: torch.Tensor, value: float) -> torch.Tensor:
 def _zoom(images: torch.Tensor) -> torch.Tensor:
     """The central 80 % of the side, enlarged: a tighter field of view."""
     zero = _constant(images, 0.0)
-    return resample(images, _constant(images, 0.8), zero, (zero, zero))
+    side = _constant(images, 0.8)
+    return resample(images, (side, side), zero, (zero, zero))
 
 
 Shift = Callable[[torch.Tensor], torch.Tensor]

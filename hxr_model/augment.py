@@ -29,6 +29,9 @@ class AugmentationSpec:
     """Ranges sampled independently per image; a probability of 0 leaves that step out."""
 
     crop_scale: tuple[float, float] = (0.85, 1.0)  # fraction of the image area kept (>1: zoom out)
+    # Width against height stretched by a factor between 1 / (1 + a) and 1 + a (log-uniform), the
+    # area kept: how a resize that ignores the aspect ratio, or another detector, frames a chest.
+    aspect_ratio: float = 0.0
     rotation_degrees: float = 5.0
     translate_fraction: float = 0.04
     brightness: float = 0.08  # additive shift, +-
@@ -48,9 +51,12 @@ class AugmentationSpec:
 LIGHT = AugmentationSpec()
 # Fine-tuning against other hospitals' images: LIGHT's positioning and exposure changes (the
 # model's standardisation undoes larger exposure changes, and stronger ones only saturate detail
-# away), plus scanner blur and sharpening, collimation borders and burnt-in text.
+# away), plus scanner blur and sharpening, collimation borders and burnt-in text, and the framing
+# another pipeline gives a chest: a wider field of view and a stretched aspect ratio.
 SCANNER_SHIFT = dataclasses.replace(
     LIGHT,
+    crop_scale=(0.85, 1.2),
+    aspect_ratio=0.2,
     blur_probability=0.3,
     sharpen_probability=0.2,
     collimation_probability=0.2,
@@ -86,17 +92,21 @@ def _per_image(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 def resample(
     images: torch.Tensor,
-    side_scale: torch.Tensor,
+    window: tuple[torch.Tensor, torch.Tensor],
     angle: torch.Tensor,
     shift: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    """Each image seen through a window `side_scale` [B] of its side (below 1: zoomed in),
-    rotated by `angle` [B] radians and moved by `shift` (x, y) [B] in half-sides: one
-    interpolation for crop, rotation and shift, not three."""
-    cos, sin = torch.cos(angle) * side_scale, torch.sin(angle) * side_scale
+    """Each image seen through a window of `window` (width, height) [B] times its sides (below
+    1: zoomed in), rotated by `angle` [B] radians and moved by `shift` (x, y) [B] in half-sides:
+    one interpolation for crop, stretch, rotation and shift, not four."""
+    (width, height), cos, sin = window, torch.cos(angle), torch.sin(angle)
     shift_x, shift_y = shift
     theta = torch.stack(
-        [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
+        [
+            torch.stack([cos * width, -sin * height, shift_x], 1),
+            torch.stack([sin * width, cos * height, shift_y], 1),
+        ],
+        1,
     ).to(images)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -209,10 +219,16 @@ def augment_batch(
 
     side_scale = uniform(*spec.crop_scale).sqrt()
     angle = uniform(-spec.rotation_degrees, spec.rotation_degrees) * math.pi / 180
-    max_shift = ((1 - side_scale) + spec.translate_fraction).abs()
-    shift_x = (torch.rand(batch, generator=generator) * 2 - 1) * max_shift
-    shift_y = (torch.rand(batch, generator=generator) * 2 - 1) * max_shift
-    images = resample(images, side_scale, angle, (shift_x, shift_y))
+    stretch = torch.ones(batch)
+    if spec.aspect_ratio > 0:
+        stretch = (uniform(-1, 1) * math.log1p(spec.aspect_ratio) / 2).exp()
+    window = (side_scale / stretch, side_scale * stretch)
+    shift_x, shift_y = (
+        (torch.rand(batch, generator=generator) * 2 - 1)
+        * ((1 - side) + spec.translate_fraction).abs()
+        for side in window
+    )
+    images = resample(images, window, angle, (shift_x, shift_y))
     if spec.collimation_probability > 0:
         chosen = _chosen(batch, spec.collimation_probability, generator)
         borders = torch.rand(batch, 4, generator=generator) * spec.collimation_fraction

@@ -71,8 +71,9 @@ class TrainConfig(LoopConfig):
     early_stopping_patience: int | None = Field(None, ge=1)
     monitor: Monitor = "balanced_accuracy"
     # "scanner-shift" teaches what the model's standardisation cannot undo of another hospital's
-    # images (blur, sharpening, collimation borders, burnt-in text); "light" is positioning and
-    # mild exposure changes only. The difference shows in runs of 40 epochs, not of 15.
+    # images (blur, sharpening, collimation borders, burnt-in text, framing and aspect ratio);
+    # "light" is positioning and mild exposure changes only. The difference shows in runs of 40
+    # epochs, not of 15.
     augmentation: Augmentation = "scanner-shift"
     proximal_mu: float = Field(0.0, ge=0)
     # FedRS: below 1, the logits of classes absent from `train_set` are scaled by this factor.

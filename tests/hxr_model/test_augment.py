@@ -5,6 +5,7 @@ from hxr_model.augment import (
     LIGHT,
     SCANNER_SHIFT,
     SIMCLR,
+    AugmentationSpec,
     augment_batch,
     burn_in_text,
     collimate,
@@ -58,6 +59,23 @@ def test_scanner_shift_adds_borders_and_text_that_light_never_does() -> None:
     # burnt-in text put other levels into some of the scanner-shifted views.
     assert spread(light).max() < 1e-4
     assert (spread(shifted) > 0.05).sum() >= 16
+
+
+def test_aspect_stretch_changes_width_against_height_within_its_range() -> None:
+    """Only the stretch: a centred disc becomes an ellipse whose axes' ratio is in range and
+    whose area is kept."""
+    still = AugmentationSpec(crop_scale=(1.0, 1.0), rotation_degrees=0, translate_fraction=0,
+                             brightness=0, contrast=0, gamma=0, aspect_ratio=0.5)  # fmt: skip
+    coordinates = torch.linspace(-1, 1, 64)
+    disc = (coordinates.view(-1, 1) ** 2 + coordinates.view(1, -1) ** 2 < 0.4**2).float()
+    out = augment_batch(disc.expand(32, 1, 64, 64), still, torch.Generator().manual_seed(3)) > 0.5
+    width = out.any(dim=2).sum(dim=(1, 2)).float()
+    height = out.any(dim=3).sum(dim=(1, 2)).float()
+    ratio = width / height
+    assert (ratio > 1 / 1.5 - 0.1).all() and (ratio < 1.5 + 0.1).all()
+    assert ratio.max() > 1.2 and ratio.min() < 1 / 1.2  # both ways, not just one
+    area = out.sum(dim=(1, 2, 3)).float()
+    assert ((area / disc.sum() - 1).abs() < 0.1).all()
 
 
 def test_collimation_fills_exactly_the_borders() -> None:
