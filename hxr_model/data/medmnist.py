@@ -31,16 +31,25 @@ MAX_MEMBER_BYTES = 16 * 2**30
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
+def _unreadable(path: Path, error: Exception) -> DataError:
+    return DataError(f"medmnist:{path}: not a readable .npz file: {error}")
+
+
 def _check_member_sizes(path: Path) -> None:
     """Refuse members that would inflate past MAX_MEMBER_BYTES before numpy decompresses them:
     a few kilobytes of zip can declare gigabytes."""
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            if member.file_size > MAX_MEMBER_BYTES:
-                raise DataError(
-                    f"medmnist:{path}: member {member.filename} would inflate to "
-                    f"{member.file_size / 2**30:.1f} GiB (limit {MAX_MEMBER_BYTES / 2**30:g} GiB)"
-                )
+    try:
+        # `is_zipfile` reads only the end record: a damaged central directory fails here.
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except Exception as error:
+        raise _unreadable(path, error) from None
+    for member in members:
+        if member.file_size > MAX_MEMBER_BYTES:
+            raise DataError(
+                f"medmnist:{path}: member {member.filename} would inflate to "
+                f"{member.file_size / 2**30:.1f} GiB (limit {MAX_MEMBER_BYTES / 2**30:g} GiB)"
+            )
 
 
 def list_medmnist(path: Path) -> Catalog:
@@ -58,7 +67,7 @@ def list_medmnist(path: Path) -> Catalog:
     except Exception as error:
         # A damaged archive makes zipfile, zlib and numpy raise almost anything (BadZipFile,
         # zlib.error, RuntimeError for encrypted members, NotImplementedError, EOFError, ...).
-        raise DataError(f"medmnist:{path}: not a readable .npz file: {error}") from None
+        raise _unreadable(path, error) from None
     splits = [split for split in SPLITS if f"{split}_images" in arrays]
     if not splits:
         raise DataError(

@@ -207,6 +207,7 @@ def test_arbitrary_bytes_as_npz_are_data_errors(data: bytes) -> None:
 @FAST
 @given(st.integers(0, len(_ARCHIVES) - 1), byte_flips(20_000, 4), st.integers(1, 20_000))
 @example(1, [(67, 119)], 20_000)  # a broken deflate stream: zlib.error
+@example(0, [(5140, 0)], 20_000)  # the central directory's signature: zipfile.BadZipFile
 def test_damaged_npz_archives_are_data_errors(
     seed: int, flips: list[tuple[int, int]], keep: int
 ) -> None:
