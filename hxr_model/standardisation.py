@@ -11,6 +11,8 @@ is deterministic: no randomness, no batch statistics.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -62,31 +64,39 @@ def percentiles(flat: torch.Tensor, fractions: list[float]) -> torch.Tensor:
     """
     count = flat.shape[1]
     lowest = flat.amin(dim=1, keepdim=True)
-    width = (flat.amax(dim=1, keepdim=True) - lowest) / PERCENTILE_BINS
-    width = width.clamp_min(torch.finfo(flat.dtype).tiny)
-    bins = ((flat - lowest) / width).floor().long().clamp_(0, PERCENTILE_BINS - 1)
+    width = ((flat.amax(dim=1, keepdim=True) - lowest) / PERCENTILE_BINS).clamp_min_(
+        torch.finfo(flat.dtype).tiny
+    )
+    # Truncation is the floor here: every offset from the row's lowest value is at least 0.
+    bins = ((flat - lowest) / width).long().clamp_(0, PERCENTILE_BINS - 1)
     in_bin = torch.zeros(flat.shape[0], PERCENTILE_BINS, dtype=flat.dtype, device=flat.device)
     in_bin.scatter_add_(1, bins, torch.ones_like(flat))
     at_or_below = in_bin.cumsum(dim=1)
 
-    def order_statistic(rank: torch.Tensor) -> torch.Tensor:
-        """The value of the given 0-based rank: its bin, and its place among the bin's values."""
-        ranks = rank.to(flat.dtype).expand(flat.shape[0], -1)
-        # The first bin holding more than `rank` values at or below it (a comparison and a sum,
-        # which every runtime has: ONNX has no searchsorted).
-        passed = at_or_below.unsqueeze(1) <= ranks.unsqueeze(2)
-        where = passed.sum(dim=2).clamp_(max=PERCENTILE_BINS - 1)
-        here = in_bin.gather(1, where)
-        below = at_or_below.gather(1, where) - here
-        within = ((ranks - below + 0.5) / here.clamp_min(1)).clamp(0.0, 1.0)
-        return lowest + (where + within) * width
-
-    position = torch.tensor(fractions, dtype=torch.float64, device=flat.device) * (count - 1)
-    lower = position.floor()
-    upper = (lower + 1).clamp(max=count - 1)
-    share = (position - lower).to(flat.dtype)
-    below, above = order_statistic(lower), order_statistic(upper)
-    return below + share * (above - below)
+    # The two order statistics around each percentile's position, all read in one go: a rank's
+    # value is its bin and its place among the bin's values. The ranks depend on the image size
+    # alone, so Python works them out (in float64, as torch.quantile does): each tensor
+    # operation on a tiny tensor costs as much time as one on the whole image.
+    positions = [fraction * (count - 1) for fraction in fractions]
+    lower = [math.floor(position) for position in positions]
+    upper = [min(rank + 1, count - 1) for rank in lower]
+    ranks = torch.tensor(lower + upper, dtype=flat.dtype, device=flat.device)
+    ranks = ranks.expand(flat.shape[0], -1)
+    # The first bin holding more than `rank` values at or below it (a comparison and a sum,
+    # which every runtime has: ONNX has no searchsorted).
+    passed = at_or_below.unsqueeze(1) <= ranks.unsqueeze(2)
+    where = passed.sum(dim=2).clamp_(max=PERCENTILE_BINS - 1)
+    here = in_bin.gather(1, where)
+    below = at_or_below.gather(1, where) - here
+    within = ((ranks - below + 0.5) / here.clamp_min(1)).clamp_(0.0, 1.0)
+    statistics = lowest + (where + within) * width
+    below_rank, above_rank = statistics.split(len(fractions), dim=1)
+    share = torch.tensor(
+        [position - rank for position, rank in zip(positions, lower, strict=True)],
+        dtype=flat.dtype,
+        device=flat.device,
+    )
+    return below_rank + share * (above_rank - below_rank)
 
 
 def window(flat: torch.Tensor, low_percentile: float, high_percentile: float) -> torch.Tensor:
@@ -96,7 +106,9 @@ def window(flat: torch.Tensor, low_percentile: float, high_percentile: float) ->
     low, high = bounds[:, :1], bounds[:, 1:]
     span = high - low
     scaled = (flat - low) / span.clamp_min(torch.finfo(flat.dtype).eps)
-    return torch.where(span > 0, scaled.clamp(0.0, 1.0), torch.zeros_like(flat))
+    # A mask per row, not a `where` per pixel: the clamped values are finite, so multiplying
+    # by 1 or 0 keeps them or zeroes them exactly, in a fraction of the time.
+    return scaled.clamp_(0.0, 1.0).mul_(span > 0)
 
 
 def equalise(flat: torch.Tensor, clip_limit: float) -> torch.Tensor:
@@ -105,17 +117,22 @@ def equalise(flat: torch.Tensor, clip_limit: float) -> torch.Tensor:
     its level, rescaled so the row's lowest level maps to 0 and its highest to 1 (black padding
     stays black); a flat row becomes 0. Counting into levels is exact in float32, so the result
     never depends on the order a device adds in."""
-    levels = (flat * (EQUALISATION_LEVELS - 1)).round().long()
+    grey = (flat * (EQUALISATION_LEVELS - 1)).round_()
+    levels = grey.long()
     counts = torch.zeros(flat.shape[0], EQUALISATION_LEVELS, device=flat.device)
     counts.scatter_add_(1, levels, torch.ones_like(flat))
     clipped = counts.clamp_max(clip_limit * flat.shape[1] / EQUALISATION_LEVELS)
     excess = (counts - clipped).sum(dim=1, keepdim=True) / EQUALISATION_LEVELS
     at_or_below = (clipped + excess).cumsum(1)
-    lowest = at_or_below.gather(1, levels.min(dim=1, keepdim=True).values)
-    highest = at_or_below.gather(1, levels.max(dim=1, keepdim=True).values)
-    span = highest - lowest
-    equalised = (at_or_below.gather(1, levels) - lowest) / span.clamp_min(1e-6)
-    return torch.where(span > 0, equalised, 0.0)
+    # The extremes are taken on the float grey levels: the same values, in far less time than
+    # on the integer ones.
+    darkest = grey.amin(dim=1, keepdim=True).long()
+    brightest = grey.amax(dim=1, keepdim=True).long()
+    lowest = at_or_below.gather(1, darkest)
+    span = at_or_below.gather(1, brightest) - lowest
+    # The mapping is worked out once per grey level, then looked up once per pixel.
+    mapping = torch.where(span > 0, (at_or_below - lowest) / span.clamp_min(1e-6), 0.0)
+    return mapping.gather(1, levels)
 
 
 def standardise(images: torch.Tensor, config: StandardisationConfig) -> torch.Tensor:
