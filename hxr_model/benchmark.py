@@ -38,6 +38,7 @@ from torch.utils.data import TensorDataset
 from hxr_model.errors import ConfigError
 from hxr_model.metrics import PeakMemoryMeter
 from hxr_model.models import RadiographClassifier, build_model, check_model_name
+from hxr_model.models.hybridnet import PatchConv
 from hxr_model.prewarm import PrewarmConfig, prewarm_encoder
 from hxr_model.profiling import (
     MAX_RESOLUTION,
@@ -328,11 +329,12 @@ def prepare_for_inference(
     - a BatchNorm2d that alone reads a convolution's output is folded into the convolution's
       weights and bias;
     - modules that do nothing in eval mode (Identity, Dropout) leave the graph;
-    - on CPU with oneDNN, every plain Conv2d gets its weights reordered once, ahead of time,
-      into oneDNN's own layout, and takes into its kernel what alone reads its output: a
-      residual addition, an activation (ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU), or an
-      addition and then an activation. Each fused operation is one pass over memory fewer.
-      These kernels run in float32 (autocast does not reach them), so bf16 keeps the plain ones.
+    - on CPU with oneDNN, every plain convolution (PLAIN_CONVOLUTIONS) gets its weights
+      reordered once, ahead of time, into oneDNN's own layout, and takes into its kernel what
+      alone reads its output: a residual addition, an activation (ReLU, ReLU6, Hardswish,
+      Hardsigmoid, SiLU), or an addition and then an activation. Each fused operation is one
+      pass over memory fewer. These kernels run in float32 (autocast does not reach them), so
+      bf16 keeps the plain ones.
     """
     prepared = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     encoder = fx.GraphModule(prepared.encoder, _ConvolutionLeaves().trace(prepared.encoder))
@@ -360,6 +362,9 @@ FUSED_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float]]] = {
     nn.Hardsigmoid: ("hardsigmoid", []),
     nn.SiLU: ("swish", []),
 }
+# Convolutions the fused kernel computes exactly: Conv2d itself, and PatchConv, which computes a
+# Conv2d's function in its own way only for a faster backward pass.
+PLAIN_CONVOLUTIONS = (nn.Conv2d, PatchConv)
 RESIDUAL_ADDITIONS = {operator.add, operator.iadd, torch.add}
 NO_OPS_IN_EVAL = (nn.Identity, nn.Dropout)
 SHAPE_PROBE_SIZE = 64
@@ -428,7 +433,7 @@ def _fuse_into_onednn_convolutions(graph: fx.GraphModule) -> None:
     for index, node in enumerate(list(graph.graph.nodes)):
         conv = _module(graph, node)
         if (
-            type(conv) is not nn.Conv2d
+            type(conv) not in PLAIN_CONVOLUTIONS
             or isinstance(conv.padding, str)
             or conv.padding_mode != "zeros"
         ):
